@@ -1,0 +1,83 @@
+"The command line: `dpo-nb train` on a model and data saved to local folders (the real loading path), `report`, `demo`."
+import json, subprocess, sys
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from dpo_nb.cli import main
+from dpo_nb.history import History
+
+WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "the", "film", "was", "plot", "is", "good", "bad", "very", "great", "awful"]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    "A tiny model + tokenizer saved with save_pretrained, and pairs saved as a local dataset folder of JSONL files."
+    d = tmp_path_factory.mktemp("local")
+    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    wl.pre_tokenizer = pre_tokenizers.Whitespace()
+    wl.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=wl, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
+    m.save_pretrained(d / "model"); tok.save_pretrained(d / "model")
+    (d / "data").mkdir()
+    rows = [dict(prompt=f"the {s} {v}", chosen=f" very {p}", rejected=f" {n}")
+            for s in ("film", "plot") for v in ("was", "is") for p in ("good", "great") for n in ("bad", "awful")] * 3
+    with open(d / "data" / "train.jsonl", "w") as f:
+        for r in rows: f.write(json.dumps(r) + "\n")
+    return d
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_train_on_local_folders(local, tmp_path, lora):
+    if lora: pytest.importorskip("peft")
+    out = tmp_path / "run"
+    args = ["train", "--model", str(local / "model"), "--data", str(local / "data"), "--out", str(out), "--max-steps", "6",
+            "--batch-size", "4", "--learning-rate", "0.01", "--beta", "0.5", "--eval-fraction", "0.25"]
+    assert main(args + (["--lora", "--lora-r", "4"] if lora else [])) == 0
+    for name in ("model/config.json", "model/tokenizer.json", "checkpoint/trainer_state.pt", "history/meta.json", "report.html", "summary.json"):
+        assert (out / name).exists(), name
+    h = History.load(out / "history")
+    assert len(h.steps) == 6 and h.meta["beta"] == 0.5
+    assert h.meta["ref_mode"] == ("adapters" if lora else "precomputed")
+    assert h.evals["rewards/accuracies"].iloc[-1] > h.evals["rewards/accuracies"].iloc[0]
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")  # a plain model, LoRA merged in
+    start = AutoModelForCausalLM.from_pretrained(local / "model")
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values()))
+    assert not any("lora" in k for k in trained.state_dict())
+
+
+def test_train_reads_a_config_file_and_flags_win(local, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(dict(beta=0.2, max_steps=3, batch_size=4, learning_rate=1e-3)))
+    out = tmp_path / "run"
+    main(["train", "--model", str(local / "model"), "--data", str(local / "data"), "--out", str(out), "--config", str(cfg), "--beta", "0.3"])
+    h = History.load(out / "history")
+    assert h.meta["beta"] == 0.3 and len(h.steps) == 3
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(betta=0.1)))
+    with pytest.raises(ValueError, match="unknown DPOConfig settings: \\['betta'\\]"):
+        main(["train", "--model", str(local / "model"), "--data", str(local / "data"), "--out", str(out), "--config", str(bad)])
+
+
+def test_report_rerenders_a_finished_run(local, tmp_path):
+    out = tmp_path / "run"
+    main(["train", "--model", str(local / "model"), "--data", str(local / "data"), "--out", str(out), "--max-steps", "2", "--batch-size", "4"])
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").stat().st_size > 100_000  # plotly.js inlined: opens offline
+
+
+def test_dpo_nb_command_runs_the_demo(tmp_path):
+    "The installed console script, end to end on the bundled toy task (short run)."
+    out = tmp_path / "demo"
+    r = subprocess.run(["dpo-nb", "demo", "--steps", "20", "--samples", "16", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 20 and 0 <= s["held-out reward accuracy"] <= 1
+    assert "held-out reward accuracy" in r.stdout and "report.html" in r.stdout
+    assert (out / "report.html").exists()
