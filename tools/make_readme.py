@@ -25,8 +25,9 @@ def render() -> str:
         keep.append(cell)
     nb.cells = keep
     body, _ = MarkdownExporter(exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+    body = re.sub(r"<style scoped>.*?</style>\n?", "", body, flags=re.S)  # pandas' notebook CSS means nothing on GitHub
     body = re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
-    return "<!-- generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file -->\n\n" + body
+    return body + "\n<!-- generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file -->\n"
 
 
 def main():
