@@ -90,12 +90,8 @@ def test_keyboard_interrupt_inside_a_step_leaves_a_consistent_trainer(tok, tmp_p
     straight = DPOTrainer(tiny(), tok, TRAIN, cfg(), eval_data=EVAL)
     straight.fit()
     t = DPOTrainer(tiny(), tok, TRAIN, cfg(), eval_data=EVAL)
-    calls = {"n": 0}
-
-    def hook(mod, args, kwargs):  # the 6th policy forward of training raises, as a Ctrl-C would, mid-step
-        if mod.training:
-            calls["n"] += 1
-            if calls["n"] == 6: raise KeyboardInterrupt
+    def hook(mod, args, kwargs):  # the first policy forward of step 6 raises, as a Ctrl-C would, mid-step
+        if mod.training and t.step == 5: raise KeyboardInterrupt
     h = t.model.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
     t.fit()  # returns: the interrupt ends fit at a step boundary
     h.remove()
