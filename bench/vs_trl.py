@@ -17,12 +17,15 @@ next STEPS are. Runs alternate between the tools, rotating the order each round;
 ROUNDS. pairs/s = pairs in the timed steps / their wall time; tokens/s = non-pad prompt+response tokens of both
 sequences of every pair / the same time; pairs/CPU-s = the same pairs / the CPU time this process spent on them, a
 cross-check that other processes competing for the cores cannot inflate (use it with --threads 1 on a shared
-machine). Ratios are given as ratios of the medians and as the median of the per-round ratios. Peak memory is measured in a fresh process per tool (so peaks cannot mix):
-on CPU the peak RSS during the 1 + STEPS steps above the RSS just before them (glibc told to return freed memory,
-MALLOC_MMAP_THRESHOLD_=65536), on GPU torch.cuda.max_memory_allocated above the memory allocated before them.
+machine). Ratios are given as ratios of the medians and as the median of the per-round ratios.
+
+Peak memory is measured in a fresh process per tool (so peaks cannot mix): on CPU the peak RSS during the 1 + STEPS
+steps above the RSS just before them (glibc told to return freed memory, MALLOC_MMAP_THRESHOLD_=65536), on GPU
+torch.cuda.max_memory_allocated above the memory allocated before them.
 
 Agreement is checked, not assumed: TRL's tokenized ids equal ours row for row; its precomputed reference log-probs
-equal ours (relative 1e-6); every step's loss equals ours (absolute 1e-5) for both TRL rows, in every run.
+equal ours (relative 1e-6); every step's loss equals ours (absolute 1e-5) for both TRL rows, in every run. The exit
+status is 1 when any of that fails (the figures are still printed).
 """
 from __future__ import annotations
 
@@ -401,6 +404,7 @@ def main(argv=None):
         return
     import trl
     log = (lambda s: print(s, file=sys.stderr, flush=True))
+    all_agree = True
     for name in (SCENARIOS if args.scenario == "all" else [args.scenario]):
         res = dict(scenario=name, device=dev.type, machine=machine(dev), batch_size=args.batch_size, steps=args.steps,
                    rounds=args.rounds, versions=dict(torch=torch.__version__, transformers=transformers.__version__,
@@ -411,6 +415,10 @@ def main(argv=None):
         if args.json: print(json.dumps(res), flush=True)
         elif args.markdown: print(markdown_table(res), flush=True)
         else: print_table(res)
+        all_agree = all_agree and all(c["agree"] for c in res["cases"])
+    if not all_agree:
+        print("dpo_nb and TRL disagree (see the agreement lines)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
