@@ -245,7 +245,7 @@ def measure_memory(scenario, case_index, tool, args) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, __file__, "--scenario", scenario, "--_memory", tool, "--_case", str(case_index),
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--device", args.device]
-    if args.threads: cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0: raise RuntimeError(f"memory run of {tool} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -377,7 +377,8 @@ def main(argv=None):
                    help="timed steps per run, after one untimed warm-up step (default: 5; 2 for big-vocab-150k)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per batch")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared machine more threads wait on busy cores; 0: torch's default)")
     p.add_argument("--skip-default", action="store_true", help="leave out the TRL default row")
     p.add_argument("--all-tools", action="store_true", help="run the TRL default row also where a case leaves it out")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -389,7 +390,7 @@ def main(argv=None):
         for line in Path(args.render).read_text().splitlines():
             if line.strip(): print(markdown_table(json.loads(line)) if args.markdown else print_table(json.loads(line)) or "")
         return
-    if args.threads: torch.set_num_threads(args.threads)
+    if args.threads: torch.set_num_threads(args.threads)  # (the memory runs get the same --threads)
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        "cpu" if args.device == "auto" else args.device)
     args.device = dev.type
