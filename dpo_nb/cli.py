@@ -7,7 +7,7 @@ Docs: https://dpo-nb.github.io/dpo_nb/cli.html.md"""
 # %% ../nbs/09_cli.ipynb #95ce509e
 from __future__ import annotations
 
-import argparse, copy, json, math, sys, time
+import argparse, copy, json, math, os, sys, time
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -112,7 +112,8 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     trainer = DPOTrainer(policy, tok, train, cfg, ref_model=ref_model, eval_data=ev)
     hist = trainer.fit()
     out = Path(out)
-    trainer.save(out / "checkpoint")
+    trainer.save(out / "checkpoint")  # (launched on several processes: process 0 writes, the others wait)
+    if not trainer.is_main: return out
     final = trainer.model.merge_and_unload() if lora else trainer.model
     final.save_pretrained(out / "model"); tok.save_pretrained(out / "model")
     last = hist.evals.iloc[-1].to_dict() if len(hist.evals) else hist.steps.iloc[-1].to_dict()
@@ -122,6 +123,15 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     return out
 
 # %% ../nbs/09_cli.ipynb #ddcd4dc9
+def _flag(s: str) -> bool | None:
+    "A yes/no flag value; 'auto' (or 'none') leaves the setting to its default."
+    s = s.lower()
+    if s in ("auto", "none"): return None
+    if s in ("1", "true", "yes", "on"): return True
+    if s in ("0", "false", "no", "off"): return False
+    raise argparse.ArgumentTypeError(f"expected true/false (or auto), got {s!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dpo-nb", description="Teach, run and debug Direct Preference Optimization.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,8 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON file of DPOConfig settings")
     t.add_argument("--out", default="dpo_nb_run", help="folder for model/, checkpoint/, history/, report.html")
     for f in fields(DPOConfig):  # every config field as an optional flag, overriding --config
-        if f.type in ("float", "int", "str", "bool", "float | None", "int | None", "str | None"):
-            kind = {"float": float, "int": int, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}[f.type.split(" ")[0]]
+        if f.type in ("float", "int", "str", "bool", "float | None", "int | None", "str | None", "bool | None"):
+            kind = {"float": float, "int": int, "str": str, "bool": _flag}[f.type.split(" ")[0]]
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None, help=f"DPOConfig.{f.name}")
     r = sub.add_parser("report", help="re-render the HTML report of a finished run")
     r.add_argument("dir", help="a folder written by `demo` or `train` (holding history/)")
@@ -170,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         out = run_train(args.model, args.data, out=args.out, split=args.split, eval_data=args.eval_data,
                         eval_split=args.eval_split, eval_fraction=args.eval_fraction, lora=args.lora, lora_r=args.lora_r,
                         config=args.config, ref=args.ref, **overrides)
-        print(f"model: {out / 'model'}\nreport: {out / 'report.html'}")
+        if int(os.environ.get("RANK", "0")) == 0: print(f"model: {out / 'model'}\nreport: {out / 'report.html'}")
     elif args.command == "report":
         print(report_from_dir(args.dir))
     return 0
+
+# %% ../nbs/09_cli.ipynb #c42fb0a3
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())

@@ -7,7 +7,7 @@ Docs: https://dpo-nb.github.io/dpo_nb/train.html.md"""
 # %% ../nbs/03_train.ipynb #a3d068dd
 from __future__ import annotations
 
-import contextlib, json, math, os, random, shutil, signal, tempfile, threading, time, warnings
+import contextlib, hashlib, json, math, os, random, shutil, signal, tempfile, threading, time, warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -16,14 +16,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+import dpo_nb
 from .data import PairCollator, load_preferences, tokenize_pairs
 from .history import History
 from .logps import response_logps, sequence_logps, token_kl
 from .loss import LOSS_TYPES, dpo_loss, gradient_weight
 
 # %% auto #0
-__all__ = ['DPOConfig', 'pick_device', 'pick_dtype', 'seed_everything', 'epoch_order', 'batch_rows', 'NonFiniteError', 'Callback',
-           'DPOTrainer', 'train_step', 'evaluate', 'probe', 'estimate_kl', 'sample_responses', 'fit', 'save', 'load']
+__all__ = ['DPOConfig', 'pick_device', 'pick_dtype', 'seed_everything', 'epoch_order', 'epoch_batches', 'batch_rows',
+           'NonFiniteError', 'Callback', 'model_fingerprint', 'data_fingerprint', 'default_cache_dir', 'ref_cache_path',
+           'process_state', 'DPOTrainer', 'train_step', 'evaluate', 'probe', 'estimate_kl', 'sample_responses', 'fit',
+           'save', 'load']
 
 # %% ../nbs/03_train.ipynb #a98a9a7d
 @dataclass
@@ -48,7 +51,11 @@ class DPOConfig:
     dtype: str | None = None  # autocast dtype on GPU: "bf16", "fp16" or "fp32"; None: bf16 where supported
     gradient_checkpointing: bool = False  # trade compute for activation memory
     chunk_size: int = 1024  # response tokens through the LM head at once (01_logps)
+    prefix_sharing: bool | None = None  # run each prompt once for both responses: None where it pays, True always, False never (01_logps)
+    group_by_length: bool = False  # batch pairs of similar length together (less padding); batches stay a pure function of the seed
     ref_batch_size: int = 16  # pairs per forward when precomputing reference log-probs
+    ref_cache: bool = True  # keep precomputed reference log-probs on disk, keyed by model and data fingerprints
+    cache_dir: str | None = None  # where that cache lives (None: $DPO_NB_CACHE, else ~/.cache/dpo_nb)
     on_nonfinite: str = "raise"  # "raise" or "skip" a step whose loss or gradient is not finite
     # what is recorded in the History
     track_pairs: bool = True  # record every training pair each time it is scored
@@ -106,12 +113,28 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def batch_rows(n: int, batch_size: int, seed: int, index: int) -> tuple[list[int], int]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int,
+                  lengths: list[int] | None = None,  # tokens of each row: group rows of similar length (None: no grouping)
+                  group: int = 50,  # with `lengths`: sort within windows of `group` batches of the shuffled order
+                  ) -> list[list[int]]:
+    "The full micro-batches of one epoch: consecutive slices of the seeded permutation, or length-grouped ones."
+    per_epoch = n // batch_size
+    if per_epoch == 0: raise ValueError(f"batch_size={batch_size} is larger than the {n} training pairs")
+    order = epoch_order(n, seed, epoch)[:per_epoch * batch_size]
+    if lengths is None: return [order[i * batch_size:(i + 1) * batch_size] for i in range(per_epoch)]
+    w = group * batch_size
+    rows = [r for s in range(0, len(order), w) for r in sorted(order[s:s + w], key=lambda r: -lengths[r])]
+    batches = [rows[i * batch_size:(i + 1) * batch_size] for i in range(per_epoch)]
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch + 7)  # shuffle the batches, so long ones do not come first
+    return [batches[i] for i in torch.randperm(per_epoch, generator=g).tolist()]
+
+
+def batch_rows(n: int, batch_size: int, seed: int, index: int, lengths: list[int] | None = None) -> tuple[list[int], int]:
     "The rows of micro-batch number `index` (0-based, counted over all epochs) and its epoch. Every batch is full."
     per_epoch = n // batch_size
     if per_epoch == 0: raise ValueError(f"batch_size={batch_size} is larger than the {n} training pairs")
     epoch, i = divmod(index, per_epoch)
-    return epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size], epoch
+    return epoch_batches(n, batch_size, seed, epoch, lengths)[i], epoch
 
 # %% ../nbs/03_train.ipynb #2c0235a4
 class _DeferInterrupt:
@@ -138,6 +161,74 @@ class Callback:
     def on_step_end(self, trainer, metrics: dict): pass
     def on_evaluate(self, trainer, metrics: dict): pass
     def on_fit_end(self, trainer): pass
+
+# %% ../nbs/03_train.ipynb #b4ee3e9b
+def model_fingerprint(model) -> str:
+    "SHA-256 over the class, parameter names, shapes, dtypes and bytes of every weight of `model`."
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy())  # raw bytes (bf16 has no numpy dtype)
+    return h.hexdigest()
+
+
+def data_fingerprint(data) -> str:
+    "SHA-256 over the token ids of every pair of a `tokenize_pairs` dataset, in row order."
+    h = hashlib.sha256()
+    for col in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        h.update(col.encode())
+        for ids in data[col]: h.update(np.asarray(ids, dtype=np.int64).tobytes()); h.update(b"|")
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    "Where dpo_nb caches things: $DPO_NB_CACHE, else ~/.cache/dpo_nb."
+    return Path(os.environ.get("DPO_NB_CACHE") or Path.home() / ".cache" / "dpo_nb")
+
+
+def ref_cache_path(cache_dir, model_fp: str, data_fp: str, device: torch.device, amp_dtype) -> Path:
+    "The file holding the reference log-probs of one model on one dataset."
+    key = hashlib.sha256(f"{model_fp}|{data_fp}|{device.type}|{amp_dtype}".encode()).hexdigest()[:32]
+    return Path(cache_dir) / "ref_logps" / f"{key}.npy"
+
+# %% ../nbs/03_train.ipynb #1e985c93
+def process_state(device: torch.device):
+    "accelerate's process state when launched on several processes (by `accelerate launch` or `notebook_launcher`), else None."
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return None
+    try: from accelerate import PartialState
+    except ImportError as e: raise ImportError("training on several processes needs accelerate: pip install 'dpo_nb[multi]'") from e
+    return PartialState(cpu=device.type == "cpu")
+
+
+def _all_ok(self, ok: bool) -> bool:
+    "True where `ok` holds on every process (so that all processes raise, skip or go on together)."
+    if self.world == 1: return bool(ok)
+    flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag.item() == 0
+
+
+def _gather_rows(self, parts: list[dict]) -> dict:
+    "Per-micro-batch arrays of this process's slices, as the global batches' rows (micro-batch by micro-batch, then process)."
+    if self.world > 1:
+        got = [None] * self.world
+        torch.distributed.all_gather_object(got, parts)
+        parts = [got[k][j] for j in range(len(parts)) for k in range(self.world)]
+    return {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
+
+
+def _average_gradients(self, params):
+    "The mean of every gradient over processes, in place."
+    if self.world == 1: return
+    for p in params:
+        if p.grad is None: p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+        p.grad.div_(self.world)
+
+
+def _barrier(self):
+    if self.world > 1: torch.distributed.barrier()
 
 # %% ../nbs/03_train.ipynb #d333ed2f
 def _is_peft(model) -> bool:
@@ -168,8 +259,17 @@ class DPOTrainer:
         self.tokenizer = tokenizer
         self._check_vocab(model, tokenizer)
         self.device = pick_device(cfg.device)
+        self.dist = process_state(self.device)
+        self.rank, self.world = (self.dist.process_index, self.dist.num_processes) if self.dist else (0, 1)
+        self.is_main = self.rank == 0
+        if self.dist is not None and self.device.type != "cpu": self.device = self.dist.device  # this process's GPU
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size={cfg.batch_size} must divide evenly among the {self.world} processes")
         self.amp_dtype = pick_dtype(self.device, cfg.dtype)
         self.model = model.to(self.device)
+        if self.world > 1:  # every process starts from process 0's weights
+            with torch.no_grad():
+                for t in self.model.state_dict().values(): torch.distributed.broadcast(t, src=0)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.ref_model = ref_model
@@ -181,6 +281,10 @@ class DPOTrainer:
         self.eval_data = _tokenized(eval_data, tokenizer, cfg) if eval_data is not None else None
         self.data_report = getattr(self.train_data, "report", None)
         self.collate = PairCollator(tokenizer)
+        self.lengths = ([len(p) + max(len(c), len(r)) for p, c, r in zip(self.train_data["prompt_ids"], self.train_data["chosen_ids"],
+                                                                          self.train_data["rejected_ids"])]
+                        if cfg.group_by_length else None)
+        self._epoch_cache = (None, None)
         self.callbacks = list(callbacks or [])
         self.reward_fn = reward_fn
         self.step, self.nonfinite_skipped = 0, 0
@@ -191,10 +295,20 @@ class DPOTrainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.history = history or History()
         self.history.meta.update(dict(beta=cfg.beta, loss_type=cfg.loss_type, config=asdict(cfg), ref_mode=self.ref_mode, total_steps=self.total_steps,
+                                      processes=self.world,
                                       model=getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)))
         if history is None: self._record_texts()
+        self.ref_cache_log = {}
         self.ref_logps = _ref_logps if _ref_logps is not None else self._precompute_reference()
         self.probe_ids = self._pick_probes()
+
+    def _batch(self, index: int) -> tuple[list[int], int]:
+        "Rows (of the global batch) and epoch of micro-batch `index`; the epoch's batches are computed once."
+        cfg, n = self.config, len(self.train_data)
+        epoch, i = divmod(index, n // cfg.batch_size) if n >= cfg.batch_size else (0, 0)
+        if self._epoch_cache[0] != epoch:
+            self._epoch_cache = (epoch, epoch_batches(n, cfg.batch_size, cfg.seed, epoch, self.lengths))
+        return self._epoch_cache[1][i], epoch
 
     @staticmethod
     def _check_vocab(model, tokenizer):
@@ -220,6 +334,9 @@ def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None 
     out = {k: [] for k in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens")}
     tok_out = []
     bs = self.config.ref_batch_size
+    shard = self.world > 1 and not tokens
+    if shard:  # process k scores rows k, k+P, k+2P, ...; the gather below puts them back in order
+        all_rows, rows = list(rows), list(rows)[self.rank::self.world]
     was = model.training
     model.eval()
     try:
@@ -227,11 +344,18 @@ def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None 
         for s in tqdm(starts, desc=desc, leave=False, disable=desc is None or not self.config.progress):
             batch = self.collate([data[i] for i in rows[s:s + bs]])
             with self._autocast():
-                r = response_logps(model, batch, self.config.chunk_size)
+                r = response_logps(model, batch, self.config.chunk_size, self.config.prefix_sharing)
             for k in out: out[k].append(r[k].float().cpu())
             if tokens: tok_out.append((batch, {k: r[k].float().cpu() for k in ("chosen_token_logps", "rejected_token_logps")}))
     finally: model.train(was)
-    res = {k: torch.cat(v).numpy() for k, v in out.items()}
+    res = {k: (torch.cat(v) if v else torch.zeros(0)).numpy() for k, v in out.items()}
+    if shard:
+        got = [None] * self.world
+        torch.distributed.all_gather_object(got, res)
+        full = {k: np.zeros(len(all_rows), dtype=res[k].dtype) for k in res}
+        for k_rank, g in enumerate(got):
+            for k in full: full[k][k_rank::self.world] = g[k]
+        res = full
     return (res, tok_out) if tokens else res
 
 
@@ -250,13 +374,34 @@ def _autocast(self):
 
 
 def _precompute_reference(self) -> dict:
-    "Reference log-probs of every train and eval pair, indexed by row (precomputed mode only)."
+    "Reference log-probs of every train and eval pair, indexed by row (precomputed mode only), read from the cache if there."
     if self.ref_mode != "precomputed": return {}
-    res = {}
+    cfg, res = self.config, {}
+    model_fp = model_fingerprint(self.model) if cfg.ref_cache else None
     for split, data in (("train", self.train_data), ("eval", self.eval_data)):
         if data is None: continue
+        path = ref_cache_path(cfg.cache_dir or default_cache_dir(), model_fp, data_fingerprint(data), self.device,
+                              self.amp_dtype) if cfg.ref_cache else None
+        if path is not None and path.exists():
+            try:
+                cached = np.load(path)
+                if cached.shape == (len(data), 2):
+                    res[split] = cached
+                    self.ref_cache_log[split] = ("read", str(path))
+                    continue
+                warnings.warn(f"reference cache {path} holds {cached.shape[0]} rows, the {split} data {len(data)}: recomputing")
+            except (OSError, ValueError) as e: warnings.warn(f"unreadable reference cache {path} ({e}): recomputing")
         s = self._score_rows(self.model, data, list(range(len(data))), desc=f"reference log-probs ({split})")
         res[split] = np.stack([s["chosen_logps"], s["rejected_logps"]], 1)
+        if path is not None and self.is_main:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+                np.save(tmp, res[split]); tmp.replace(path)  # atomic: a reader never sees half a file
+                self.ref_cache_log[split] = ("written", str(path))
+            except OSError as e: warnings.warn(f"could not write the reference cache {path}: {e}")
+        else: self.ref_cache_log[split] = ("computed", None)
+    self.history.meta["ref_cache"] = {k: v[0] for k, v in self.ref_cache_log.items()}
     return res
 
 
@@ -276,7 +421,8 @@ def _pick_probes(self) -> list[int]:
     data = self.eval_data if self.eval_data is not None else self.train_data
     return list(range(min(self.config.probe_pairs, len(data))))
 
-for f in (_score_rows, _reference, _autocast, _precompute_reference, _record_texts, _pick_probes): setattr(DPOTrainer, f.__name__, f)
+for f in (_score_rows, _reference, _autocast, _precompute_reference, _record_texts, _pick_probes,
+          _all_ok, _gather_rows, _average_gradients, _barrier): setattr(DPOTrainer, f.__name__, f)
 
 # %% ../nbs/03_train.ipynb #609bb1bc
 def _ref_for_batch(self, rows, batch):
@@ -285,7 +431,7 @@ def _ref_for_batch(self, rows, batch):
         r = torch.as_tensor(self.ref_logps["train"][rows], device=self.device)
         return r[:, 0], r[:, 1]
     with torch.no_grad(), self._reference() as ref, self._autocast():
-        out = response_logps(ref, batch, self.config.chunk_size)
+        out = response_logps(ref, batch, self.config.chunk_size, self.config.prefix_sharing)
     return out["chosen_logps"].float(), out["rejected_logps"].float()
 
 
@@ -295,18 +441,21 @@ def train_step(self) -> dict:
     self.model.train()
     parts, n_tokens = [], 0
     for j in range(cfg.grad_accum_steps):
-        rows, epoch = batch_rows(len(self.train_data), cfg.batch_size, cfg.seed, self.step * cfg.grad_accum_steps + j)
+        rows, epoch = self._batch(self.step * cfg.grad_accum_steps + j)
+        if self.world > 1:  # this process's slice of the global batch
+            per = cfg.batch_size // self.world
+            rows = rows[self.rank * per:(self.rank + 1) * per]
         batch = self.collate([self.train_data[i] for i in rows])
         with self._autocast():
-            pol = response_logps(self.model, batch, cfg.chunk_size)
+            pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing)
         ref_c, ref_r = self._ref_for_batch(rows, batch)
         finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
-        if not finite.all(): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
+        if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
         losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, beta=cfg.beta,
                                    loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                                    chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"])
         loss = losses.mean() / cfg.grad_accum_steps
-        if not torch.isfinite(loss): self._nonfinite("loss", batch)
+        if not self._all_ok(torch.isfinite(loss)): self._nonfinite("loss", batch)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         n_tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
         parts.append(dict(pair_id=batch["pair_id"].numpy(), losses=losses.detach().float().cpu().numpy(),
@@ -314,11 +463,13 @@ def train_step(self) -> dict:
                           rejected_logps=pol["rejected_logps"].detach().float().cpu().numpy(),
                           ref_chosen_logps=ref_c.cpu().numpy(), ref_rejected_logps=ref_r.cpu().numpy(),
                           chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy()))
-    if self.scaler: self.scaler.unscale_(self.optimizer)
     params = [p for p in self.model.parameters() if p.requires_grad]
+    self._average_gradients(params)  # (several processes: the mean over the global batch)
+    if self.scaler: self.scaler.unscale_(self.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
     if not torch.isfinite(grad_norm): self._nonfinite("gradient", None, np.concatenate([p["pair_id"] for p in parts]))
-    p = {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
+    p = self._gather_rows(parts)
+    if self.world > 1: n_tokens = int(self._gather_rows([{"n": np.array([n_tokens])}])["n"].sum())
     margin = p["chosen_reward"] - p["rejected_reward"]
     metrics = {"loss": float(p["losses"].mean()), "rewards/chosen": float(p["chosen_reward"].mean()),
                "rewards/rejected": float(p["rejected_reward"].mean()), "rewards/margins": float(margin.mean()),
@@ -509,7 +660,7 @@ def fit(self, steps: int | None = None) -> History:
     if not self.history.meta.get("started"):  # the "before" picture: step 0, policy == reference
         self._checkpoint_views(force=True)
         self.history.meta["started"] = True
-    bar = tqdm(total=target - self.step, desc="DPO", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=target - self.step, desc="DPO", disable=not cfg.progress or not self.is_main, dynamic_ncols=True)
     try:
         while self.step < target:
             rng = torch.random.get_rng_state()
@@ -559,8 +710,10 @@ _STATE = "trainer_state.pt"
 
 
 def save(self, path) -> Path:
-    "Save everything needed to resume into folder `path`, atomically (temp folder, then rename)."
+    "Save everything needed to resume into folder `path`, atomically (temp folder, then rename). Process 0 writes."
     path = Path(path)
+    if not self.is_main:
+        self._barrier(); return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -585,6 +738,7 @@ def save(self, path) -> Path:
             if old.exists(): shutil.rmtree(old)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        self._barrier()
     return path
 
 

@@ -1,5 +1,4 @@
 "Prefix sharing (the prompt run once, its KV cache serving both responses) against the concatenated forward."
-import functools
 import warnings
 
 import pytest
@@ -224,15 +223,22 @@ def test_trainer_steps_agree_with_and_without_sharing(monkeypatch):
         def __len__(self): return V
         def decode(self, ids): return " ".join(map(str, ids))
 
+    used = []  # which forward every training step of the policy took
+    real_shared = T.response_logps.__globals__["shared_prefix_logps"]
+    def spy(*a, **k): used.append(torch.is_grad_enabled()); return real_shared(*a, **k)
+    monkeypatch.setitem(T.response_logps.__globals__, "shared_prefix_logps", spy)
+
     def train(sharing):
-        monkeypatch.setattr(T, "response_logps", functools.partial(response_logps, prefix_sharing=sharing))
+        used.clear()
         cfg = T.DPOConfig(batch_size=4, max_steps=5, learning_rate=1e-3, warmup_ratio=0.0, lr_schedule="constant",
-                          probe_pairs=0, progress=False, device="cpu")
+                          probe_pairs=0, progress=False, device="cpu", prefix_sharing=sharing, ref_cache=False)
         t = T.DPOTrainer(tiny("llama"), Tok(), data, cfg)
         t.fit()
-        return t.history.steps["loss"].to_numpy(), t.model.state_dict()
+        return t.history.steps["loss"].to_numpy(), t.model.state_dict(), sum(used)
 
-    (la, wa), (lb, wb) = train(True), train(False)
+    (la, wa, na), (lb, wb, nb) = train(True), train(False)
+    assert (na, nb) == (5, 0)  # the config flag turns sharing on for every training step, and off
+
     np.testing.assert_allclose(la, lb, atol=1e-5, rtol=0)
     assert la[0] != la[-1]
     for k in wa: torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4, msg=k)

@@ -1,0 +1,115 @@
+"""More than one process through accelerate: 2 CPU processes (gloo) give the losses of one process with the same global
+batch, whether started by `accelerate launch -m dpo_nb.cli train` or by `accelerate.notebook_launcher`."""
+import json, os, socket, subprocess, sys, textwrap
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from dpo_nb.history import History
+
+pytest.importorskip("accelerate")
+WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "the", "film", "was", "plot", "is", "good", "bad", "very", "great", "awful", "and"]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    "A tiny model + tokenizer saved with save_pretrained and 48 pairs of varied length in a JSONL file."
+    d = tmp_path_factory.mktemp("dist")
+    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    wl.pre_tokenizer = pre_tokenizers.Whitespace()
+    wl.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=wl, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
+    m.save_pretrained(d / "model"); tok.save_pretrained(d / "model")
+    rng = np.random.default_rng(0)
+    with open(d / "pairs.jsonl", "w") as f:
+        for i in range(48):
+            extra = " ".join(rng.choice(["very", "and"], size=int(rng.integers(0, 5))))
+            f.write(json.dumps(dict(prompt=f"the {rng.choice(['film', 'plot'])} {rng.choice(['was', 'is'])} {extra}",
+                                    chosen=f" {extra} {rng.choice(['good', 'great'])}",
+                                    rejected=f" {rng.choice(['bad', 'awful'])} {extra}")) + "\n")
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+TRAIN = ["train", "--data", "{data}", "--model", "{model}", "--out", "{out}", "--device", "cpu", "--max-steps", "5",
+         "--batch-size", "8", "--learning-rate", "0.01", "--beta", "0.5", "--eval-fraction", "0.25", "--eval-every", "2",
+         "--warmup-ratio", "0", "--ref-cache", "false", "--progress", "false"]
+
+
+def train_args(local, out, *extra):
+    return [a.format(data=local / "pairs.jsonl", model=local / "model", out=out) for a in TRAIN] + list(extra)
+
+
+def run(cmd):
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+@pytest.mark.parametrize("extra", [[], ["--grad-accum-steps", "2", "--group-by-length", "true"]])
+def test_accelerate_launch_two_processes_equal_one(local, tmp_path, extra):
+    run([sys.executable, "-m", "dpo_nb.cli"] + train_args(local, tmp_path / "one", *extra))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "dpo_nb.cli"]
+    r = run(launch + train_args(local, tmp_path / "two", *extra))
+    assert r.stdout.count("model: ") == 1  # process 0 reports (and writes) alone
+    one, two = History.load(tmp_path / "one" / "history"), History.load(tmp_path / "two" / "history")
+    assert (one.meta["processes"], two.meta["processes"]) == (1, 2)
+    assert len(two.steps) == 5
+    np.testing.assert_allclose(two.steps["loss"], one.steps["loss"], atol=1e-6, rtol=0)
+    assert one.steps["loss"].iloc[-1] < one.steps["loss"].iloc[0] - 0.05  # it learned, so equal losses mean something
+    np.testing.assert_allclose(two.evals["loss"], one.evals["loss"], atol=1e-6, rtol=0)
+    # every pair of every step recorded, in the same order (the global batch, gathered from both processes)
+    a, b = one.pairs.query("split == 'train'"), two.pairs.query("split == 'train'")
+    np.testing.assert_array_equal(a["pair_id"], b["pair_id"])
+    np.testing.assert_allclose(a["margin"], b["margin"], atol=1e-5)
+    wa = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
+    for k in wa: torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused(local, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "dpo_nb.cli"]
+    args = train_args(local, tmp_path / "odd")
+    args[args.index("--batch-size") + 1] = "7"
+    r = subprocess.run(launch + args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "batch_size=7 must divide evenly among the 2 processes" in r.stderr
+
+
+def test_notebook_launcher_two_processes_equal_one(local, tmp_path):
+    script = textwrap.dedent(f"""
+        import json, sys
+        from accelerate import notebook_launcher
+
+        def train(out):
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from dpo_nb.train import DPOConfig, DPOTrainer
+            model = AutoModelForCausalLM.from_pretrained({str(local / 'model')!r})
+            tok = AutoTokenizer.from_pretrained({str(local / 'model')!r})
+            cfg = DPOConfig(batch_size=8, max_steps=4, learning_rate=0.01, beta=0.5, warmup_ratio=0.0, progress=False,
+                            device="cpu", ref_cache=False, probe_pairs=0)
+            t = DPOTrainer(model, tok, {str(local / 'pairs.jsonl')!r}, cfg)
+            t.fit()
+            if t.is_main: json.dump(dict(world=t.world, loss=t.history.steps["loss"].tolist()), open(out, "w"))
+
+        n = int(sys.argv[1])
+        if n == 1: train(sys.argv[2])
+        else: notebook_launcher(train, (sys.argv[2],), num_processes=n, use_port={str(free_port())!r})
+    """)
+    (tmp_path / "nb.py").write_text(script)
+    for n in (1, 2): run([sys.executable, str(tmp_path / "nb.py"), str(n), str(tmp_path / f"{n}.json")])
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
+    assert (one["world"], two["world"]) == (1, 2)
+    np.testing.assert_allclose(two["loss"], one["loss"], atol=1e-6, rtol=0)
