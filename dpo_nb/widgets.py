@@ -514,9 +514,12 @@ def tokens_html(t: pd.DataFrame,            # token records: side, position, tok
 
 # %% ../nbs/06_widgets.ipynb #dc896391
 def _after_cell(fn):
-    "Call `fn` once the running notebook cell is done (at once outside IPython)"
+    "Call `fn` once the running notebook cell is done (at once outside IPython, or when no cell is running)"
     ip = get_ipython()
     if ip is None or not hasattr(ip, "events"): return fn()
+    # IPython keeps the running cell's result in the display hook only while the cell runs. Outside a cell (a script or
+    # a test that runs after some notebook created a shell) no post_run_cell would ever come.
+    if getattr(getattr(ip, "displayhook", None), "exec_result", None) is None: return fn()
     def once(result=None):
         ip.events.unregister("post_run_cell", once)
         fn()
