@@ -305,7 +305,7 @@ class DPOTrainer:
     def _batch(self, index: int) -> tuple[list[int], int]:
         "Rows (of the global batch) and epoch of micro-batch `index`; the epoch's batches are computed once."
         cfg, n = self.config, len(self.train_data)
-        epoch, i = divmod(index, n // cfg.batch_size) if n >= cfg.batch_size else (0, 0)
+        epoch, i = divmod(index, max(1, n // cfg.batch_size))  # (too few pairs: epoch_batches says so)
         if self._epoch_cache[0] != epoch:
             self._epoch_cache = (epoch, epoch_batches(n, cfg.batch_size, cfg.seed, epoch, self.lengths))
         return self._epoch_cache[1][i], epoch
@@ -439,7 +439,7 @@ def train_step(self) -> dict:
     "One optimizer step (over `grad_accum_steps` micro-batches); returns its metrics."
     cfg, t0 = self.config, time.perf_counter()
     self.model.train()
-    parts, n_tokens = [], 0
+    parts = []
     for j in range(cfg.grad_accum_steps):
         rows, epoch = self._batch(self.step * cfg.grad_accum_steps + j)
         if self.world > 1:  # this process's slice of the global batch
@@ -457,19 +457,18 @@ def train_step(self) -> dict:
         loss = losses.mean() / cfg.grad_accum_steps
         if not self._all_ok(torch.isfinite(loss)): self._nonfinite("loss", batch)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
-        n_tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
         parts.append(dict(pair_id=batch["pair_id"].numpy(), losses=losses.detach().float().cpu().numpy(),
                           chosen_logps=pol["chosen_logps"].detach().float().cpu().numpy(),
                           rejected_logps=pol["rejected_logps"].detach().float().cpu().numpy(),
                           ref_chosen_logps=ref_c.cpu().numpy(), ref_rejected_logps=ref_r.cpu().numpy(),
-                          chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy()))
+                          chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy(),
+                          n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy()))
     params = [p for p in self.model.parameters() if p.requires_grad]
     self._average_gradients(params)  # (several processes: the mean over the global batch)
     if self.scaler: self.scaler.unscale_(self.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
     if not torch.isfinite(grad_norm): self._nonfinite("gradient", None, np.concatenate([p["pair_id"] for p in parts]))
-    p = self._gather_rows(parts)
-    if self.world > 1: n_tokens = int(self._gather_rows([{"n": np.array([n_tokens])}])["n"].sum())
+    p = self._gather_rows(parts)  # (several processes: the whole global batch, on every process)
     margin = p["chosen_reward"] - p["rejected_reward"]
     metrics = {"loss": float(p["losses"].mean()), "rewards/chosen": float(p["chosen_reward"].mean()),
                "rewards/rejected": float(p["rejected_reward"].mean()), "rewards/margins": float(margin.mean()),
@@ -482,7 +481,7 @@ def train_step(self) -> dict:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        metrics["tokens_per_s"] = n_tokens / (time.perf_counter() - t0)
+        metrics["tokens_per_s"] = int(p["n_tokens"].sum()) / (time.perf_counter() - t0)
         self.history.log_step(self.step, **metrics)
         if cfg.track_pairs:
             self.history.log_pairs(self.step, "train", p["pair_id"], chosen_logps=p["chosen_logps"], rejected_logps=p["rejected_logps"],

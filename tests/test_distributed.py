@@ -5,9 +5,9 @@ import json, os, socket, subprocess, sys, textwrap
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
+from conftest import save_tiny_model
 from dpo_nb.history import History
 
 pytest.importorskip("accelerate")
@@ -18,14 +18,7 @@ WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "the", "film", "was", "plot", "is",
 def local(tmp_path_factory):
     "A tiny model + tokenizer saved with save_pretrained and 48 pairs of varied length in a JSONL file."
     d = tmp_path_factory.mktemp("dist")
-    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    wl.pre_tokenizer = pre_tokenizers.Whitespace()
-    wl.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=wl, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
-    m.save_pretrained(d / "model"); tok.save_pretrained(d / "model")
+    save_tiny_model(d / "model", WORDS)
     rng = np.random.default_rng(0)
     with open(d / "pairs.jsonl", "w") as f:
         for i in range(48):
