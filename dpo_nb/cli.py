@@ -16,6 +16,7 @@ import torch
 
 from .data import load_preferences
 from .history import History
+from .models import DTYPES, REF_ADAPTER, is_peft, load_model
 from .report import report_from_dir, write_report
 from .toy import load_toy, mean_reward, sample_completions
 from .train import DPOConfig, DPOTrainer
@@ -80,29 +81,37 @@ def run_demo(steps: int = DEMO_DEFAULTS["steps"], beta: float = DEMO_DEFAULTS["b
     return summary
 
 # %% ../nbs/09_cli.ipynb #8ec6835c
-def _load_model(name, dtype=None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(name)
-    kw = {"dtype": getattr(torch, dtype)} if dtype else {}
-    return AutoModelForCausalLM.from_pretrained(name, **kw), tok
-
-
 def _lora(model, r: int = 16, alpha: int = 32):
     try: from peft import LoraConfig, get_peft_model
     except ImportError as e: raise SystemExit("--lora needs peft: pip install 'dpo_nb[lora]'") from e
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
 
 
+def _final_model(model, dtype: torch.dtype, adapter_only: bool):
+    "The trained model as it is saved: LoRA merged into the weights (the adapter alone for QLoRA), in its load dtype."
+    if is_peft(model):
+        if REF_ADAPTER in model.peft_config: model.delete_adapter(REF_ADAPTER)  # the frozen reference copy is not the result
+        if adapter_only: return model  # a 4-bit base cannot take the merge: save the adapter, load it onto the base
+        model = model.merge_and_unload()
+    return model.to(dtype)  # fp32 master weights go back to the dtype the checkpoint was loaded in
+
+
 def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str | None = "train", eval_data: str | None = None,
               eval_split: str | None = None, eval_fraction: float = 0.05, lora: bool = False, lora_r: int = 16,
-              config: str | Path | None = None, ref: str | None = None, **overrides) -> Path:
+              config: str | Path | None = None, ref: str | None = None, dtype: str = "auto", load_in_4bit: bool = False,
+              attn_implementation: str | None = None, trust_remote_code: bool = False, **overrides) -> Path:
     "Train DPO on a real model and dataset; save the model, a checkpoint, the history and the report in `out`."
     settings = json.loads(Path(config).read_text()) if config else {}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     cfg = DPOConfig.from_dict(settings)
-    policy, tok = _load_model(model)
+    how = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    policy, tok = load_model(model, load_in_4bit=load_in_4bit, device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing, **how)
+    loaded = next(p.dtype for p in policy.parameters() if p.is_floating_point())
+    if load_in_4bit and not lora:
+        print("--load-in-4bit trains LoRA adapters on the frozen 4-bit model (QLoRA): --lora is implied", file=sys.stderr)
+        lora = True
     if lora: policy = _lora(policy, r=lora_r)
-    ref_model = _load_model(ref)[0] if ref else None
+    ref_model = load_model(ref, **how)[0] if ref else None
     train = load_preferences(data, split=split)
     if eval_data: ev = load_preferences(eval_data, split=eval_split)
     elif eval_fraction and len(train) >= 20:
@@ -114,7 +123,7 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     out = Path(out)
     trainer.save(out / "checkpoint")  # (launched on several processes: process 0 writes, the others wait)
     if not trainer.is_main: return out
-    final = trainer.model.merge_and_unload() if lora else trainer.model
+    final = _final_model(trainer.model, loaded, adapter_only=load_in_4bit)
     final.save_pretrained(out / "model"); tok.save_pretrained(out / "model")
     last = hist.evals.iloc[-1].to_dict() if len(hist.evals) else hist.steps.iloc[-1].to_dict()
     summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in last.items()}
@@ -154,12 +163,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ref", help="a separate reference model (default: precomputed from the starting weights)")
     t.add_argument("--lora", action="store_true", help="train LoRA adapters (the reference is the base model)")
     t.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    t.add_argument("--dtype", default="auto", choices=sorted(DTYPES),
+                   help="load dtype of the weights (auto: as stored); the training precision is --mixed-precision / --master-weights")
+    t.add_argument("--load-in-4bit", action="store_true", help="QLoRA: a 4-bit NF4 base (bitsandbytes) with LoRA adapters")
+    t.add_argument("--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers' choice)")
+    t.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
     t.add_argument("--config", help="JSON file of DPOConfig settings")
     t.add_argument("--out", default="dpo_nb_run", help="folder for model/, checkpoint/, history/, report.html")
     for f in fields(DPOConfig):  # every config field as an optional flag, overriding --config
         if f.type in ("float", "int", "str", "bool", "float | None", "int | None", "str | None", "bool | None"):
             kind = {"float": float, "int": int, "str": str, "bool": _flag}[f.type.split(" ")[0]]
-            t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None, help=f"DPOConfig.{f.name}")
+            yes = dict(nargs="?", const=True) if kind is _flag else {}  # `--gradient-checkpointing` alone means true
+            t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None, help=f"DPOConfig.{f.name}", **yes)
     r = sub.add_parser("report", help="re-render the HTML report of a finished run")
     r.add_argument("dir", help="a folder written by `demo` or `train` (holding history/)")
     return p
@@ -179,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {k: v for k, v in vars(args).items() if k in cfg_names}
         out = run_train(args.model, args.data, out=args.out, split=args.split, eval_data=args.eval_data,
                         eval_split=args.eval_split, eval_fraction=args.eval_fraction, lora=args.lora, lora_r=args.lora_r,
-                        config=args.config, ref=args.ref, **overrides)
+                        config=args.config, ref=args.ref, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
+                        attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code, **overrides)
         if int(os.environ.get("RANK", "0")) == 0: print(f"model: {out / 'model'}\nreport: {out / 'report.html'}")
     elif args.command == "report":
         print(report_from_dir(args.dir))

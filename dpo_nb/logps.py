@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import warnings
 
 import pandas as pd
@@ -20,7 +21,7 @@ from .data import PairCollator, load_preferences, tokenize_pairs
 
 # %% auto #0
 __all__ = ['LOGITS_BUDGET', 'KEEP_LOGITS', 'response_positions', 'lm_head_logits', 'VocabTiledLogps', 'chunked_target_logps',
-           'lean_path_ok', 'concat_pair_batch', 'sequence_logps', 'concat_response_logps',
+           'lean_path_ok', 'concat_pair_batch', 'sequence_logps', 'router_aux_loss', 'concat_response_logps',
            'chunked_target_logps_from_logits', 'pair_layout', 'shared_prefix_logps', 'prefix_sharing_tokens',
            'prefix_sharing_pays', 'prefix_sharing_ok', 'response_logps', 'logits_memory', 'measure_peak_memory',
            'score_pairs', 'token_kl']
@@ -199,34 +200,51 @@ def sequence_logps(model,  # any transformers causal LM (or a peft model around 
                    attention_mask: torch.Tensor,  # [rows, seq]
                    response_mask: torch.Tensor,  # [rows, seq] 1 on the tokens to score
                    chunk_size: int = 1024,  # response tokens through the LM head at once
+                   router_aux: bool = False,  # (MoE models) also return the router's load-balancing loss of this forward
                    ):
-    "Per-token log-probs `[rows, seq]` (0 off the mask) and their sums `[rows]` for the masked tokens of each row."
+    "Per-token log-probs `[rows, seq]` (0 off the mask) and their sums `[rows]` (and the router loss, if `router_aux`)."
     dev = next(model.parameters()).device
     input_ids, attention_mask, response_mask = input_ids.to(dev), attention_mask.to(dev), response_mask.to(dev)
     rows, cols, targets = response_positions(input_ids, response_mask)
+    extra = dict(output_router_logits=True) if router_aux else {}
     if lean_path_ok(model):
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        tok_logps = chunked_target_logps(model, hidden[rows, cols], targets, chunk_size)
+        out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+        tok_logps = chunked_target_logps(model, out.last_hidden_state[rows, cols], targets, chunk_size)
+        aux = router_aux_loss(model, out.router_logits, attention_mask) if router_aux else None
     else:  # the plain path: full logits from the model's own forward
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        tok_logps = chunked_target_logps_from_logits(logits[rows, cols], targets, chunk_size)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+        tok_logps = chunked_target_logps_from_logits(out.logits[rows, cols], targets, chunk_size)
+        aux = out.aux_loss if router_aux else None
     per_token = torch.zeros(input_ids.shape, dtype=torch.float32, device=dev)
     per_token = per_token.index_put((rows, cols + 1), tok_logps)  # out of place, so autograd flows through it
-    return per_token, per_token.sum(-1)
+    return (per_token, per_token.sum(-1), aux) if router_aux else (per_token, per_token.sum(-1))
+
+
+def router_aux_loss(model, router_logits, attention_mask) -> torch.Tensor:
+    "The mixture-of-experts load-balancing loss of one forward, by the model family's own `load_balancing_loss_func`."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fn = getattr(sys.modules[type(base).__module__], "load_balancing_loss_func", None)
+    if fn is None: raise NotImplementedError(f"{type(base).__name__}: its module has no load_balancing_loss_func")
+    text = base.config.get_text_config()
+    experts = getattr(base, "num_experts", None) or getattr(text, "num_local_experts", None) or text.num_experts
+    top_k = getattr(base, "num_experts_per_tok", None) or text.num_experts_per_tok
+    return fn(router_logits, experts, top_k, attention_mask)
 
 
 def concat_response_logps(model,  # any transformers causal LM (or a peft model around one)
                           batch: dict,  # a `PairCollator` batch
                           chunk_size: int = 1024,  # response tokens through the LM head at once
+                          router_aux: bool = False,  # (MoE models) add the router's load-balancing loss as `aux_loss`
                           ) -> dict:
     "Summed and per-token log-probs of the chosen and rejected responses, from one forward over both."
     B, Lc, Lr = batch["chosen_input_ids"].shape[0], batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1]
     cat = concat_pair_batch(batch)
-    per_token, sums = sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["response_mask"], chunk_size)
+    per_token, sums, *aux = sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["response_mask"], chunk_size,
+                                           router_aux=router_aux)
     counts = cat["response_mask"].sum(-1).to(sums.device)
     return dict(chosen_logps=sums[:B], rejected_logps=sums[B:],
                 chosen_token_logps=per_token[:B, :Lc], rejected_token_logps=per_token[B:, :Lr],
-                chosen_tokens=counts[:B], rejected_tokens=counts[B:])
+                chosen_tokens=counts[:B], rejected_tokens=counts[B:], **({"aux_loss": aux[0]} if router_aux else {}))
 
 
 def chunked_target_logps_from_logits(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
@@ -374,6 +392,22 @@ def prefix_sharing_ok(model) -> bool:
     return ok
 
 
+_STATIC_ROPES = ("default", "linear", "llama3", "yarn", None)  # rope types whose frequencies do not depend on the length
+
+
+def _scaled_ropes(cfg) -> list[tuple[str, int]]:
+    "(rope type, original max positions) of each length-dependent rope in a config (several for per-layer-type ropes)."
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    out = []
+    for r in (rope.values() if rope and all(isinstance(v, dict) for v in rope.values()) else [rope]):
+        kind = r.get("rope_type", r.get("type", "default")) if isinstance(r, dict) else "default"
+        if kind in _STATIC_ROPES: continue
+        orig = (r.get("original_max_position_embeddings") or getattr(cfg, "original_max_position_embeddings", None)
+                or getattr(cfg, "max_position_embeddings", None))
+        if orig: out.append((kind, int(orig)))
+    return out
+
+
 def _prefix_sharing_blocked(model, layout) -> str | None:
     "Why this model and batch cannot share prompts right now (None: they can)."
     if layout is None: return "the batch is not prompt + one response on both sides with one prompt per pair"
@@ -383,10 +417,15 @@ def _prefix_sharing_blocked(model, layout) -> str | None:
         return "gradient checkpointing would recompute the layers and write the cache twice"
     cfg = getattr(model, "config", None)
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    longest = int((layout["prompt_lengths"] + torch.maximum(layout["chosen_lengths"], layout["rejected_lengths"])).max())
     win = getattr(cfg, "sliding_window", None)
-    if isinstance(win, int) and win > 0:
-        longest = int((layout["prompt_lengths"] + torch.maximum(layout["chosen_lengths"], layout["rejected_lengths"])).max())
-        if longest > win: return f"prompt + response ({longest} tokens) is longer than the sliding window ({win})"
+    if isinstance(win, int) and win > 0 and longest > win:
+        return f"prompt + response ({longest} tokens) is longer than the sliding window ({win})"
+    if getattr(cfg, "attention_chunk_size", None): return "chunked attention cuts the cached and the full sequence differently"
+    for kind, orig in _scaled_ropes(cfg):
+        if longest > orig:
+            return (f"prompt + response ({longest} tokens) passes original_max_position_embeddings ({orig}), "
+                    f"where {kind} rope scaling changes with the sequence length")
     if not prefix_sharing_ok(model): return "the model failed the prefix-sharing check (see the warning above)"
     return None
 
@@ -395,15 +434,16 @@ def response_logps(model,  # any transformers causal LM (or a peft model around 
                    batch: dict,  # a `PairCollator` batch
                    chunk_size: int = 1024,  # response tokens through the LM head at once
                    prefix_sharing: bool | None = None,  # None: when it pays; True: whenever possible; False: never
+                   router_aux: bool = False,  # (MoE models) add the router's load-balancing loss as `aux_loss`
                    ) -> dict:
     "Summed and per-token log-probs of the chosen and rejected responses (the prompt run once where that pays)."
     if prefix_sharing is not False:
         layout = pair_layout(batch)
         if prefix_sharing or prefix_sharing_pays(batch, layout):
-            why = _prefix_sharing_blocked(model, layout)
+            why = "the router loss is defined on the concatenated forward" if router_aux else _prefix_sharing_blocked(model, layout)
             if why is None: return shared_prefix_logps(model, batch, chunk_size, layout)
             if prefix_sharing: warnings.warn(f"prefix_sharing=True, but {why}: using the concatenated forward")
-    return concat_response_logps(model, batch, chunk_size)
+    return concat_response_logps(model, batch, chunk_size, router_aux=router_aux)
 
 # %% ../nbs/01_logps.ipynb #e2aec6bd
 def logits_memory(n_seqs: int, seq_len: int, vocab: int, response_share: float = 0.5, chunk_size: int = 1024,

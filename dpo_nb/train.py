@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -21,12 +22,14 @@ from .data import PairCollator, load_preferences, tokenize_pairs
 from .history import History
 from .logps import response_logps, sequence_logps, token_kl
 from .loss import LOSS_TYPES, dpo_loss, gradient_weight
+from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, input_device,
+                           is_peft, is_placed, load_adapter_state, pick_dtype, place, prepare_master_weights,
+                           reference_adapter, router_aux_coef)
 
 # %% auto #0
-__all__ = ['DPOConfig', 'pick_device', 'pick_dtype', 'seed_everything', 'epoch_order', 'epoch_batches', 'batch_rows',
-           'NonFiniteError', 'Callback', 'model_fingerprint', 'data_fingerprint', 'default_cache_dir', 'ref_cache_path',
-           'process_state', 'DPOTrainer', 'train_step', 'evaluate', 'probe', 'estimate_kl', 'sample_responses', 'fit',
-           'save', 'load']
+__all__ = ['DPOConfig', 'pick_device', 'seed_everything', 'epoch_order', 'epoch_batches', 'batch_rows', 'NonFiniteError',
+           'Callback', 'model_fingerprint', 'data_fingerprint', 'default_cache_dir', 'ref_cache_path', 'process_state',
+           'DPOTrainer', 'train_step', 'evaluate', 'probe', 'estimate_kl', 'sample_responses', 'fit', 'save', 'load']
 
 # %% ../nbs/03_train.ipynb #a98a9a7d
 @dataclass
@@ -48,7 +51,10 @@ class DPOConfig:
     max_grad_norm: float | None = 1.0  # gradient clipping (None: no clipping)
     seed: int = 0  # the one seed: data order, dropout, sampling
     device: str | None = None  # None: cuda, then mps, then cpu
-    dtype: str | None = None  # autocast dtype on GPU: "bf16", "fp16" or "fp32"; None: bf16 where supported
+    mixed_precision: str | None = None  # autocast "bf16", "fp16" or "no"; None: bf16 on GPUs that compute it natively, fp16 on older ones, none on CPU
+    master_weights: str = "fp32"  # "fp32": trainable weights held in float32 (upcast if loaded in 16 bits); "as_loaded": train them as loaded (pure bf16)
+    disable_dropout: bool = True  # dropout off in policy and reference, so that step 0's log-ratios are exactly 0
+    router_aux_loss_coef: float | None = None  # MoE load-balancing loss weight (None: the model config's, as TRL; 0: off)
     gradient_checkpointing: bool = False  # trade compute for activation memory
     chunk_size: int = 1024  # response tokens through the LM head at once (01_logps)
     prefix_sharing: bool | None = None  # run each prompt once for both responses: None where it pays, True always, False never (01_logps)
@@ -72,10 +78,15 @@ class DPOConfig:
         if self.on_nonfinite not in ("raise", "skip"): raise ValueError("on_nonfinite must be 'raise' or 'skip'")
         if self.lr_schedule not in ("linear", "cosine", "constant"): raise ValueError("lr_schedule must be linear, cosine or constant")
         if self.batch_size < 1 or self.grad_accum_steps < 1: raise ValueError("batch_size and grad_accum_steps must be >= 1")
+        if self.mixed_precision not in (None, "bf16", "fp16", "no"): raise ValueError("mixed_precision must be 'bf16', 'fp16', 'no' or None")
+        if self.master_weights not in ("fp32", "as_loaded"): raise ValueError("master_weights must be 'fp32' or 'as_loaded'")
 
     @classmethod
     def from_dict(cls, d: dict):
         "A config from a dict (e.g. read from JSON or YAML), refusing unknown keys."
+        d = dict(d)
+        if "dtype" in d and "mixed_precision" not in d:  # this setting's earlier name (configs and checkpoints saved before)
+            v = d.pop("dtype"); d["mixed_precision"] = "no" if v == "fp32" else v
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown: raise ValueError(f"unknown DPOConfig settings: {sorted(unknown)}; known: {sorted(known)}")
@@ -88,17 +99,6 @@ def pick_device(device: str | None = None) -> torch.device:
     if torch.cuda.is_available(): return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
     return torch.device("cpu")
-
-
-def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype | None:
-    "The autocast dtype (None: no autocast)."
-    if device.type != "cuda" or dtype == "fp32": return None
-    if dtype == "fp16": return torch.float16
-    if dtype in (None, "bf16"):
-        if torch.cuda.is_bf16_supported(): return torch.bfloat16
-        if dtype == "bf16": raise ValueError("this GPU has no bfloat16: use dtype='fp16' or 'fp32'")
-        return torch.float16
-    raise ValueError(f"dtype={dtype!r}: use 'bf16', 'fp16' or 'fp32'")
 
 
 def seed_everything(seed: int):
@@ -227,14 +227,18 @@ def _average_gradients(self, params):
         p.grad.div_(self.world)
 
 
+def _broadcast(self, obj):
+    "Process 0's `obj`, on every process (so that decisions taken by process 0 alone are shared)."
+    if self.world == 1: return obj
+    box = [obj if self.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _barrier(self):
     if self.world > 1: torch.distributed.barrier()
 
 # %% ../nbs/03_train.ipynb #d333ed2f
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
 def _tokenized(data, tokenizer, cfg):
     "Tokenized pairs from any source (or as given, if already tokenized)."
     if hasattr(data, "column_names") and "chosen_ids" in data.column_names: return data
@@ -253,6 +257,7 @@ class DPOTrainer:
                  history: History | None = None,  # continue writing into this History
                  reward_fn=None,  # optional ground-truth reward of a response text (a toy task's), scored on KL samples
                  _ref_logps: dict | None = None,  # (used by `load`) precomputed reference log-probs
+                 _ref_mode: str | None = None,  # (used by `load`) the reference mode the run started with
                  ):
         self.config = cfg = config or DPOConfig()
         seed_everything(cfg.seed)
@@ -265,18 +270,12 @@ class DPOTrainer:
         if self.dist is not None and self.device.type != "cpu": self.device = self.dist.device  # this process's GPU
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must divide evenly among the {self.world} processes")
-        self.amp_dtype = pick_dtype(self.device, cfg.dtype)
-        self.model = model.to(self.device)
+        precision = self._prepare_models(model, ref_model, _ref_mode)
         if self.world > 1:  # every process starts from process 0's weights
             with torch.no_grad():
                 for t in self.model.state_dict().values(): torch.distributed.broadcast(t, src=0)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.ref_model = ref_model
-        if ref_model is not None:
-            self._check_vocab(ref_model, tokenizer)
-            self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
-        self.ref_mode = "model" if ref_model is not None else "adapters" if _is_peft(model) else "precomputed"
         self.train_data = _tokenized(train_data, tokenizer, cfg)
         self.eval_data = _tokenized(eval_data, tokenizer, cfg) if eval_data is not None else None
         self.data_report = getattr(self.train_data, "report", None)
@@ -287,15 +286,15 @@ class DPOTrainer:
         self._epoch_cache = (None, None)
         self.callbacks = list(callbacks or [])
         self.reward_fn = reward_fn
-        self.step, self.nonfinite_skipped = 0, 0
+        self.step, self.nonfinite_skipped, self.amp_overflow_steps = 0, 0, 0
         self.total_steps = cfg.max_steps or max(1, math.floor(cfg.epochs * (len(self.train_data) // cfg.batch_size) / cfg.grad_accum_steps))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None  # fp16: loss scaling
         self.history = history or History()
         self.history.meta.update(dict(beta=cfg.beta, loss_type=cfg.loss_type, config=asdict(cfg), ref_mode=self.ref_mode, total_steps=self.total_steps,
-                                      processes=self.world,
+                                      processes=self.world, precision=precision, router_aux_loss_coef=self.aux_coef,
                                       model=getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)))
         if history is None: self._record_texts()
         self.ref_cache_log = {}
@@ -326,6 +325,35 @@ class DPOTrainer:
         frac = (step - warm) / max(1, self.total_steps - warm)
         frac = min(frac, 1.0)
         return 0.5 * (1 + math.cos(math.pi * frac)) if self.config.lr_schedule == "cosine" else 1.0 - frac
+
+# %% ../nbs/03_train.ipynb #5819423f
+@patch
+def _prepare_models(self: DPOTrainer, model, ref_model, ref_mode: str | None) -> dict:
+    "Place the models, set their precision and dropout, and pick the reference (the rules of 02b_models)."
+    cfg = self.config
+    if is_placed(model) and cfg.device and torch.device(cfg.device) != input_device(model):
+        warnings.warn(f"device={cfg.device!r}, but the model is quantized or dispatched and stays where it was loaded "
+                      f"({input_device(model)})")
+    self.model, self.device = place(model, self.device)
+    self.amp_dtype = pick_dtype(self.device, cfg.mixed_precision)
+    info = dict(placed=is_placed(model), autocast=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "none",
+                master_weights=cfg.master_weights, dropouts_disabled=disable_dropout(self.model) if cfg.disable_dropout else 0)
+    info["upcast_to_fp32"] = len(prepare_master_weights(self.model, cfg.master_weights, cfg.learning_rate))
+    self.ref_model = None
+    if ref_model is not None:
+        self._check_vocab(ref_model, self.tokenizer)
+        ref_model, _ = place(ref_model, self.device)
+        if cfg.disable_dropout: disable_dropout(ref_model)
+        low = any(p.dtype in (torch.float16, torch.bfloat16) for p in ref_model.parameters())
+        if info["upcast_to_fp32"] and self.amp_dtype is None and low and not is_placed(ref_model):
+            ref_model = ref_model.float()  # no autocast: the reference computes in the policy's precision
+        self.ref_model, self.ref_mode = ref_model.eval().requires_grad_(False), "model"
+    elif is_peft(self.model):
+        self.ref_mode = ref_mode or ("adapters" if adapters_are_identity(self.model) else "adapter_copy")
+        if self.ref_mode == "adapter_copy": add_reference_adapter(self.model)
+    else: self.ref_mode = "precomputed"
+    self.aux_coef = router_aux_coef(self.model, cfg.router_aux_loss_coef)
+    return info
 
 # %% ../nbs/03_train.ipynb #6201a1f0
 @torch.no_grad()
@@ -365,6 +393,8 @@ def _reference(self):
     if self.ref_mode == "model": yield self.ref_model
     elif self.ref_mode == "adapters":
         with self.model.disable_adapter(): yield self.model
+    elif self.ref_mode == "adapter_copy":
+        with reference_adapter(self.model): yield self.model
     else: raise RuntimeError("precomputed mode: the reference exists only as cached log-probs")
 
 
@@ -373,24 +403,37 @@ def _autocast(self):
     return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+def _read_ref_cache(self, splits) -> dict:
+    "For each split: (cache file or None, cached log-probs or None). Process 0 alone calls this."
+    cfg, out = self.config, {}
+    model_fp = model_fingerprint(self.model) if cfg.ref_cache else None  # hashed once, by one process
+    for split, data in splits:
+        if not cfg.ref_cache: out[split] = (None, None); continue
+        path = ref_cache_path(cfg.cache_dir or default_cache_dir(), model_fp, data_fingerprint(data), self.device, self.amp_dtype)
+        cached = None
+        if path.exists():
+            try:
+                cached = np.load(path)
+                if cached.shape != (len(data), 2):
+                    warnings.warn(f"reference cache {path} holds {cached.shape[0]} rows, the {split} data {len(data)}: recomputing")
+                    cached = None
+            except (OSError, ValueError) as e: warnings.warn(f"unreadable reference cache {path} ({e}): recomputing")
+        out[split] = (path, cached)
+    return out
+
+
 def _precompute_reference(self) -> dict:
     "Reference log-probs of every train and eval pair, indexed by row (precomputed mode only), read from the cache if there."
     if self.ref_mode != "precomputed": return {}
-    cfg, res = self.config, {}
-    model_fp = model_fingerprint(self.model) if cfg.ref_cache else None
-    for split, data in (("train", self.train_data), ("eval", self.eval_data)):
-        if data is None: continue
-        path = ref_cache_path(cfg.cache_dir or default_cache_dir(), model_fp, data_fingerprint(data), self.device,
-                              self.amp_dtype) if cfg.ref_cache else None
-        if path is not None and path.exists():
-            try:
-                cached = np.load(path)
-                if cached.shape == (len(data), 2):
-                    res[split] = cached
-                    self.ref_cache_log[split] = ("read", str(path))
-                    continue
-                warnings.warn(f"reference cache {path} holds {cached.shape[0]} rows, the {split} data {len(data)}: recomputing")
-            except (OSError, ValueError) as e: warnings.warn(f"unreadable reference cache {path} ({e}): recomputing")
+    res = {}
+    splits = [(s, d) for s, d in (("train", self.train_data), ("eval", self.eval_data)) if d is not None]
+    found = self._broadcast(self._read_ref_cache(splits) if self.is_main else None)  # process 0 decides, all follow
+    for split, data in splits:
+        path, cached = found[split]
+        if cached is not None:
+            res[split] = cached
+            self.ref_cache_log[split] = ("read", str(path))
+            continue
         s = self._score_rows(self.model, data, list(range(len(data))), desc=f"reference log-probs ({split})")
         res[split] = np.stack([s["chosen_logps"], s["rejected_logps"]], 1)
         if path is not None and self.is_main:
@@ -421,8 +464,8 @@ def _pick_probes(self) -> list[int]:
     data = self.eval_data if self.eval_data is not None else self.train_data
     return list(range(min(self.config.probe_pairs, len(data))))
 
-for f in (_score_rows, _reference, _autocast, _precompute_reference, _record_texts, _pick_probes,
-          _all_ok, _gather_rows, _average_gradients, _barrier): setattr(DPOTrainer, f.__name__, f)
+for f in (_score_rows, _reference, _autocast, _read_ref_cache, _precompute_reference, _record_texts, _pick_probes,
+          _all_ok, _gather_rows, _average_gradients, _broadcast, _barrier): setattr(DPOTrainer, f.__name__, f)
 
 # %% ../nbs/03_train.ipynb #609bb1bc
 def _ref_for_batch(self, rows, batch):
@@ -447,14 +490,16 @@ def train_step(self) -> dict:
             rows = rows[self.rank * per:(self.rank + 1) * per]
         batch = self.collate([self.train_data[i] for i in rows])
         with self._autocast():
-            pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing)
+            pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0)
         ref_c, ref_r = self._ref_for_batch(rows, batch)
         finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
         if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
         losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, beta=cfg.beta,
                                    loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                                    chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"])
-        loss = losses.mean() / cfg.grad_accum_steps
+        loss = losses.mean()
+        if self.aux_coef: loss = loss + self.aux_coef * pol["aux_loss"].float()  # MoE: + c * load-balancing loss (TRL's rule)
+        loss = loss / cfg.grad_accum_steps
         if not self._all_ok(torch.isfinite(loss)): self._nonfinite("loss", batch)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         parts.append(dict(pair_id=batch["pair_id"].numpy(), losses=losses.detach().float().cpu().numpy(),
@@ -462,21 +507,32 @@ def train_step(self) -> dict:
                           rejected_logps=pol["rejected_logps"].detach().float().cpu().numpy(),
                           ref_chosen_logps=ref_c.cpu().numpy(), ref_rejected_logps=ref_r.cpu().numpy(),
                           chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy(),
-                          n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy()))
+                          n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy(),
+                          **({"aux_loss": np.full(len(rows), float(pol["aux_loss"]))} if self.aux_coef else {})))
     params = [p for p in self.model.parameters() if p.requires_grad]
     self._average_gradients(params)  # (several processes: the mean over the global batch)
     if self.scaler: self.scaler.unscale_(self.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
-    if not torch.isfinite(grad_norm): self._nonfinite("gradient", None, np.concatenate([p["pair_id"] for p in parts]))
+    overflow = not bool(torch.isfinite(grad_norm))
+    if overflow and not self.scaler: self._nonfinite("gradient", None, np.concatenate([p["pair_id"] for p in parts]))
     p = self._gather_rows(parts)  # (several processes: the whole global batch, on every process)
     margin = p["chosen_reward"] - p["rejected_reward"]
     metrics = {"loss": float(p["losses"].mean()), "rewards/chosen": float(p["chosen_reward"].mean()),
                "rewards/rejected": float(p["rejected_reward"].mean()), "rewards/margins": float(margin.mean()),
                "rewards/accuracies": float((margin > 0).mean()), "logps/chosen": float(p["chosen_logps"].mean()),
                "logps/rejected": float(p["rejected_logps"].mean()), "lr": self.scheduler.get_last_lr()[0],
-               "grad_norm": float(grad_norm), "epoch": epoch, "pairs_seen": (self.step + 1) * cfg.batch_size * cfg.grad_accum_steps}
+               "grad_norm": float("nan") if overflow else float(grad_norm), "epoch": epoch,
+               "pairs_seen": (self.step + 1) * cfg.batch_size * cfg.grad_accum_steps}
+    if self.aux_coef:  # as TRL logs it: `loss` includes the router term, `aux_loss` is the term itself
+        metrics["aux_loss"] = float(p["aux_loss"].mean())
+        metrics["loss"] += self.aux_coef * metrics["aux_loss"]
+    if self.scaler: metrics.update({"amp/loss_scale": float(self.scaler.get_scale()), "amp/overflow": int(overflow)})
     with _DeferInterrupt():  # from here on the step completes even if interrupted
-        if self.scaler: self.scaler.step(self.optimizer); self.scaler.update()
+        if self.scaler:  # after an overflow, step() leaves the weights alone and update() lowers the scale
+            self.scaler.step(self.optimizer); self.scaler.update()
+            if overflow:
+                self.amp_overflow_steps += 1
+                self.history.meta["amp_overflow_steps"] = self.amp_overflow_steps
         else: self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -717,13 +773,17 @@ def save(self, path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         with _DeferInterrupt():
-            self.model.save_pretrained(tmp / "model")
+            if self.ref_mode == "adapter_copy":  # the trained adapter as the model; the frozen copy goes in the state
+                self.model.save_pretrained(tmp / "model", selected_adapters=[self.model.active_adapter])
+            else: self.model.save_pretrained(tmp / "model")
             self.tokenizer.save_pretrained(tmp / "model")
             if self.ref_mode == "model": self.ref_model.save_pretrained(tmp / "ref_model")
             self.train_data.save_to_disk(str(tmp / "train_data"))
             if self.eval_data is not None: self.eval_data.save_to_disk(str(tmp / "eval_data"))
             self.history.save(tmp / "history")
             torch.save(dict(step=self.step, nonfinite_skipped=self.nonfinite_skipped, total_steps=self.total_steps,
+                            amp_overflow_steps=self.amp_overflow_steps,
+                            ref_adapter=adapter_state(self.model) if self.ref_mode == "adapter_copy" else None,
                             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                             scaler=self.scaler.state_dict() if self.scaler else None, ref_mode=self.ref_mode,
                             ref_logps=self.ref_logps, probe_ref=getattr(self, "_probe_ref", None),
@@ -760,8 +820,11 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
     train = load_from_disk(str(path / "train_data"))
     ev = load_from_disk(str(path / "eval_data")) if (path / "eval_data").exists() else None
     t = cls(model, tok, train, cfg, ref_model=ref_model, eval_data=ev, callbacks=callbacks,
-            history=History.load(path / "history"), reward_fn=reward_fn, _ref_logps=state["ref_logps"])
+            history=History.load(path / "history"), reward_fn=reward_fn, _ref_logps=state["ref_logps"],
+            _ref_mode=state["ref_mode"] if state["ref_mode"] in ("adapters", "adapter_copy") else None)
+    if t.ref_mode == "adapter_copy" and state.get("ref_adapter"): load_adapter_state(t.model, state["ref_adapter"])
     t.step, t.nonfinite_skipped, t.total_steps = state["step"], state["nonfinite_skipped"], state["total_steps"]
+    t.amp_overflow_steps = state.get("amp_overflow_steps", 0)
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     if t.scaler and state["scaler"]: t.scaler.load_state_dict(state["scaler"])
