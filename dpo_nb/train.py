@@ -534,7 +534,9 @@ def train_step(self) -> dict:
                 self.amp_overflow_steps += 1
                 self.history.meta["amp_overflow_steps"] = self.amp_overflow_steps
         else: self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # (after an overflow torch notes that the optimizer did not step: we know)
+            if overflow: warnings.simplefilter("ignore")
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         metrics["tokens_per_s"] = int(p["n_tokens"].sum()) / (time.perf_counter() - t0)

@@ -74,3 +74,39 @@ def test_dpo_nb_command_runs_the_demo(tmp_path):
     assert s["steps"] == 20 and 0 <= s["held-out reward accuracy"] <= 1
     assert "held-out reward accuracy" in r.stdout and "report.html" in r.stdout
     assert (out / "report.html").exists()
+
+
+def test_train_load_dtype_and_attention_reach_the_model(local, tmp_path, monkeypatch):
+    "--dtype bf16: the checkpoint is read in bf16, trained on fp32 master weights, and saved back in bf16."
+    import dpo_nb.cli
+    seen = []
+    def spy(*a, **k):
+        m, t = load_model(*a, **k)
+        seen.append((next(m.parameters()).dtype, m.config._attn_implementation))
+        return m, t
+    load_model = dpo_nb.cli.load_model
+    monkeypatch.setattr(dpo_nb.cli, "load_model", spy)
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(local / "model"), "--data", str(local / "data"), "--out", str(out), "--max-steps", "3",
+                 "--batch-size", "4", "--learning-rate", "1e-5", "--dtype", "bf16", "--attn-implementation", "eager",
+                 "--gradient-checkpointing", "--eval-fraction", "0"]) == 0
+    h = History.load(out / "history")
+    assert h.meta["precision"]["upcast_to_fp32"] > 0 and h.meta["config"]["gradient_checkpointing"] is True
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["dtype"] == "bfloat16" and seen == [(torch.bfloat16, "eager")]
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")
+    start = AutoModelForCausalLM.from_pretrained(local / "model", dtype=torch.bfloat16)
+    assert next(trained.parameters()).dtype == torch.bfloat16
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values()))  # moved at 1e-5
+
+
+def test_train_qlora_saves_the_adapter(local, tmp_path):
+    pytest.importorskip("bitsandbytes"); pytest.importorskip("peft")
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(local / "model"), "--data", str(local / "data"), "--out", str(out), "--max-steps", "3",
+                 "--batch-size", "4", "--learning-rate", "0.01", "--load-in-4bit", "--device", "cpu", "--eval-fraction", "0"]) == 0
+    h = History.load(out / "history")
+    assert h.meta["ref_mode"] == "adapters" and h.meta["precision"]["placed"]
+    assert (out / "model" / "adapter_config.json").exists() and not (out / "model" / "model.safetensors").exists()
+    cfg = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(local / "model")

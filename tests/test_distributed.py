@@ -106,3 +106,43 @@ def test_notebook_launcher_two_processes_equal_one(local, tmp_path):
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
     assert (one["world"], two["world"]) == (1, 2)
     np.testing.assert_allclose(two["loss"], one["loss"], atol=1e-6, rtol=0)
+
+
+def test_process_0_decides_the_reference_cache(local, tmp_path):
+    """Process 1 sees an empty cache folder while process 0's holds the file: both follow process 0 (no hang), and only
+    process 0 fingerprints the weights."""
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        from accelerate import notebook_launcher
+
+        def train(out, run):
+            import dpo_nb.train as T
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            rank = int(os.environ.get("RANK", "0"))
+            calls = []
+            fp = T.model_fingerprint
+            T.model_fingerprint = lambda m: calls.append(1) or fp(m)
+            cache = {str(tmp_path)!r} + ("/cache0" if rank == 0 else f"/cache{{rank}}-run{{run}}")  # rank 1: always empty
+            model = AutoModelForCausalLM.from_pretrained({str(local / 'model')!r})
+            tok = AutoTokenizer.from_pretrained({str(local / 'model')!r})
+            cfg = T.DPOConfig(batch_size=8, max_steps=3, learning_rate=0.01, beta=0.5, warmup_ratio=0.0, progress=False,
+                              device="cpu", ref_cache=True, cache_dir=cache, probe_pairs=0)
+            t = T.DPOTrainer(model, tok, {str(local / 'pairs.jsonl')!r}, cfg)
+            t.fit()
+            json.dump(dict(calls=len(calls), cache=t.ref_cache_log["train"][0], loss=t.history.steps["loss"].tolist()),
+                      open(f"{{out}}-{{rank}}.json", "w"))
+
+        notebook_launcher(train, (sys.argv[1], sys.argv[2]), num_processes=2, use_port=sys.argv[3])
+    """)
+    (tmp_path / "cache.py").write_text(script)
+    res = {}
+    for run_no in (1, 2):
+        r = subprocess.run([sys.executable, str(tmp_path / "cache.py"), str(tmp_path / f"run{run_no}"), str(run_no), str(free_port())],
+                           env=ENV, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-4000:]
+        res[run_no] = [json.loads((tmp_path / f"run{run_no}-{k}.json").read_text()) for k in (0, 1)]
+    (first0, first1), (second0, second1) = res[1], res[2]
+    assert [x["calls"] for x in res[1] + res[2]] == [1, 0, 1, 0]  # the fingerprint: once, by process 0
+    assert (first0["cache"], first1["cache"]) == ("written", "computed")
+    assert (second0["cache"], second1["cache"]) == ("read", "read")  # process 1's own folder is empty: it follows process 0
+    np.testing.assert_allclose(second0["loss"], first0["loss"], atol=1e-6, rtol=0)
