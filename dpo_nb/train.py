@@ -345,8 +345,8 @@ def _prepare_models(self: DPOTrainer, model, ref_model, ref_mode: str | None) ->
         ref_model, _ = place(ref_model, self.device)
         if cfg.disable_dropout: disable_dropout(ref_model)
         low = any(p.dtype in (torch.float16, torch.bfloat16) for p in ref_model.parameters())
-        if info["upcast_to_fp32"] and self.amp_dtype is None and low and not is_placed(ref_model):
-            ref_model = ref_model.float()  # no autocast: the reference computes in the policy's precision
+        if info["upcast_to_fp32"] and low and not is_placed(ref_model):
+            ref_model = ref_model.float()  # the reference computes in the policy's precision: step 0's margins are 0
         self.ref_model, self.ref_mode = ref_model.eval().requires_grad_(False), "model"
     elif is_peft(self.model):
         self.ref_mode = ref_mode or ("adapters" if adapters_are_identity(self.model) else "adapter_copy")

@@ -100,6 +100,13 @@ def test_bf16_weights_move_with_fp32_master_weights(tok):
     assert moved > 0.9 and stuck < 0.1, (moved, stuck)
 
 
+def test_a_bf16_reference_model_computes_in_the_policys_precision(tok):
+    t = DPOTrainer(arch("llama").to(torch.bfloat16), tok, TRAIN, cfg(max_steps=1), ref_model=arch("llama").to(torch.bfloat16))
+    assert {p.dtype for p in t.ref_model.parameters()} == {torch.float32}
+    t.fit()
+    assert np.abs(first_step_pairs(t)["margin"]).max() < 1e-6
+
+
 def test_fp16_weights_are_upcast_or_refused(tok):
     with pytest.raises(ValueError, match=r"from_pretrained\(\.\.\., dtype=torch.float32\)"):
         DPOTrainer(arch("llama").half(), tok, TRAIN, cfg(master_weights="as_loaded"))
