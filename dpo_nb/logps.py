@@ -20,11 +20,11 @@ from torch.utils.checkpoint import checkpoint
 from .data import PairCollator, load_preferences, tokenize_pairs
 
 # %% auto #0
-__all__ = ['LOGITS_BUDGET', 'KEEP_LOGITS', 'response_positions', 'lm_head_logits', 'VocabTiledLogps', 'chunked_target_logps',
-           'lean_path_ok', 'concat_pair_batch', 'sequence_logps', 'router_aux_loss', 'concat_response_logps',
-           'chunked_target_logps_from_logits', 'pair_layout', 'shared_prefix_logps', 'prefix_sharing_tokens',
-           'prefix_sharing_pays', 'prefix_sharing_ok', 'response_logps', 'logits_memory', 'measure_peak_memory',
-           'score_pairs', 'token_kl']
+__all__ = ['LOGITS_BUDGET', 'KEEP_LOGITS', 'response_positions', 'model_device', 'lm_head_logits', 'VocabTiledLogps',
+           'chunked_target_logps', 'lean_path_ok', 'concat_pair_batch', 'sequence_logps', 'router_aux_loss',
+           'concat_response_logps', 'chunked_target_logps_from_logits', 'pair_layout', 'shared_prefix_logps',
+           'prefix_sharing_tokens', 'prefix_sharing_pays', 'prefix_sharing_ok', 'response_logps', 'logits_memory',
+           'measure_peak_memory', 'score_pairs', 'token_kl']
 
 # %% ../nbs/01_logps.ipynb #ace49312
 def response_positions(input_ids: torch.Tensor,  # [rows, seq] token ids
@@ -36,6 +36,13 @@ def response_positions(input_ids: torch.Tensor,  # [rows, seq] token ids
                          "at least one prompt token (a BOS or the prompt text) before its response")
     rows, cols = response_mask[:, 1:].nonzero(as_tuple=True)  # cols index the *predicting* position t-1
     return rows, cols, input_ids[rows, cols + 1]
+
+
+def model_device(model) -> torch.device:
+    "Where `model` takes its inputs: the device of its input embeddings, or the execution device of accelerate's offload hooks."
+    emb = model.get_input_embeddings()
+    dev = getattr(getattr(emb, "_hf_hook", None), "execution_device", None)  # weights offloaded (on "meta" until used)
+    return torch.device(dev) if dev is not None else emb.weight.device
 
 # %% ../nbs/01_logps.ipynb #858aa185
 def lm_head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -144,9 +151,11 @@ def chunked_target_logps(model, hidden: torch.Tensor,  # [n, hidden] states at t
                          ) -> torch.Tensor:
     "log p(target | context) for each row, never holding more than `chunk_size` rows or `LOGITS_BUDGET` logits."
     V, head = _vocab_size(model), model.get_output_embeddings()
-    if type(head) is torch.nn.Linear and len(targets) * V > KEEP_LOGITS:  # a plain head: tile the vocabulary
+    if type(head) is torch.nn.Linear and not hasattr(head, "_hf_hook") and len(targets) * V > KEEP_LOGITS:
+        # a plain head whose weight is at hand (not offloaded behind accelerate's hooks): tile the vocabulary
+        hidden = hidden.to(head.weight.device)  # (a model dispatched over devices may hold its head elsewhere)
         tile = min(V, max(256, LOGITS_BUDGET // max(1, len(targets))))
-        return VocabTiledLogps.apply(hidden, head.weight, head.bias, targets, tile, *_logit_transform(model))
+        return VocabTiledLogps.apply(hidden, head.weight, head.bias, targets.to(hidden.device), tile, *_logit_transform(model))
     rows = max(1, min(chunk_size, LOGITS_BUDGET // V))
     recompute = torch.is_grad_enabled() and hidden.requires_grad and len(targets) * V > KEEP_LOGITS
     out = []
@@ -166,7 +175,7 @@ def lean_path_ok(model) -> bool:
     try:
         dec, head = model.get_decoder(), model.get_output_embeddings()
         if dec is not None and head is not None and dec is not model:
-            ids = torch.arange(1, 9, device=head.weight.device)[None] % model.config.vocab_size
+            ids = torch.arange(1, 9, device=model_device(model))[None] % model.config.vocab_size
             was_training = model.training
             model.eval()
             with torch.no_grad():
@@ -203,7 +212,7 @@ def sequence_logps(model,  # any transformers causal LM (or a peft model around 
                    router_aux: bool = False,  # (MoE models) also return the router's load-balancing loss of this forward
                    ):
     "Per-token log-probs `[rows, seq]` (0 off the mask) and their sums `[rows]` (and the router loss, if `router_aux`)."
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     input_ids, attention_mask, response_mask = input_ids.to(dev), attention_mask.to(dev), response_mask.to(dev)
     rows, cols, targets = response_positions(input_ids, response_mask)
     extra = dict(output_router_logits=True) if router_aux else {}
@@ -216,7 +225,7 @@ def sequence_logps(model,  # any transformers causal LM (or a peft model around 
         tok_logps = chunked_target_logps_from_logits(out.logits[rows, cols], targets, chunk_size)
         aux = out.aux_loss if router_aux else None
     per_token = torch.zeros(input_ids.shape, dtype=torch.float32, device=dev)
-    per_token = per_token.index_put((rows, cols + 1), tok_logps)  # out of place, so autograd flows through it
+    per_token = per_token.index_put((rows, cols + 1), tok_logps.to(dev))  # out of place, so autograd flows through it
     return (per_token, per_token.sum(-1), aux) if router_aux else (per_token, per_token.sum(-1))
 
 
@@ -296,7 +305,7 @@ def shared_prefix_logps(model,  # a causal LM whose decoder takes a KV cache (se
     layout = layout if layout is not None else pair_layout(batch)
     if layout is None: raise ValueError("prefix sharing needs a batch of prompt + one response on both sides, with "
                                         "the same prompt tokens for chosen and rejected (any `PairCollator` batch)")
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     ci, ri = batch["chosen_input_ids"].to(dev), batch["rejected_input_ids"].to(dev)
     plen, nc, nr = (layout[k].to(dev) for k in ("prompt_lengths", "chosen_lengths", "rejected_lengths"))
     B, P, Lc, Lr = ci.shape[0], int(plen.max()), ci.shape[1], ri.shape[1]
@@ -324,7 +333,7 @@ def shared_prefix_logps(model,  # a causal LM whose decoder takes a KV cache (se
         pred = torch.cat([first, hr], 1)  # 4. column j predicts response token j
     else: pred = first
     rows, rcols = rmask.nonzero(as_tuple=True)
-    tok = chunked_target_logps(model, pred[rows, rcols], resp_ids[rows, rcols], chunk_size)
+    tok = chunked_target_logps(model, pred[rows, rcols], resp_ids[rows, rcols], chunk_size).to(dev)
     pair, chosen = rows // 2, rows % 2 == 0
     at = plen[pair] + rcols  # each token's position in the collator's right-padded layout
     ct = torch.zeros(B, Lc, dtype=torch.float32, device=dev).index_put((pair[chosen], at[chosen]), tok[chosen])
@@ -366,7 +375,7 @@ def prefix_sharing_ok(model) -> bool:
     elif not lean_path_ok(model): why = "its decoder + LM head do not reproduce its logits"
     else:
         try:
-            dev = next(model.parameters()).device
+            dev = model_device(model)
             V = model.get_input_embeddings().num_embeddings
             g = torch.Generator().manual_seed(0)
             tok = lambda n: torch.randint(1, V, (n,), generator=g).tolist()
@@ -524,6 +533,7 @@ def score_pairs(model,  # any `AutoModelForCausalLM`
 def _hidden_rows(model, input_ids, attention_mask, rows, cols):
     if lean_path_ok(model):
         h = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        rows, cols = rows.to(h.device), cols.to(h.device)
         return lambda s, e: lm_head_logits(model, h[rows[s:e], cols[s:e]]).float()
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return lambda s, e: logits[rows[s:e], cols[s:e]].float()
@@ -535,11 +545,12 @@ def token_kl(policy, ref,  # two causal LMs sharing a tokenizer
              response_mask: torch.Tensor,  # [rows, seq] 1 on the response tokens whose contexts we compare at
              chunk_size: int = 1024):
     "Exact KL(policy || ref) of the next-token distributions at each response token: per-row sums and token counts."
-    dev = next(policy.parameters()).device
+    dev = model_device(policy)
     input_ids, attention_mask, response_mask = input_ids.to(dev), attention_mask.to(dev), response_mask.to(dev)
     rows, cols, _ = response_positions(input_ids, response_mask)
     p_logits = _hidden_rows(policy, input_ids, attention_mask, rows, cols)
-    q_logits = _hidden_rows(ref, input_ids.to(next(ref.parameters()).device), attention_mask.to(next(ref.parameters()).device), rows, cols)
+    q_dev = model_device(ref)
+    q_logits = _hidden_rows(ref, input_ids.to(q_dev), attention_mask.to(q_dev), rows.to(q_dev), cols.to(q_dev))
     kl = []
     for s in range(0, len(rows), chunk_size):
         lp, lq = p_logits(s, s + chunk_size).log_softmax(-1), q_logits(s, s + chunk_size).to(dev).log_softmax(-1)

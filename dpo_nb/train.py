@@ -20,11 +20,10 @@ from tqdm.auto import tqdm
 import dpo_nb
 from .data import PairCollator, load_preferences, tokenize_pairs
 from .history import History
-from .logps import response_logps, sequence_logps, token_kl
+from .logps import model_device, response_logps, sequence_logps, token_kl
 from .loss import LOSS_TYPES, dpo_loss, gradient_weight
-from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, input_device,
-                           is_peft, is_placed, load_adapter_state, pick_dtype, place, prepare_master_weights,
-                           reference_adapter, router_aux_coef)
+from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
+                           load_adapter_state, pick_dtype, place, prepare_master_weights, reference_adapter, router_aux_coef)
 
 # %% auto #0
 __all__ = ['DPOConfig', 'pick_device', 'seed_everything', 'epoch_order', 'epoch_batches', 'batch_rows', 'NonFiniteError',
@@ -60,6 +59,7 @@ class DPOConfig:
     prefix_sharing: bool | None = None  # run each prompt once for both responses: None where it pays, True always, False never (01_logps)
     group_by_length: bool = False  # batch pairs of similar length together (less padding); batches stay a pure function of the seed
     ref_batch_size: int = 16  # pairs per forward when precomputing reference log-probs
+    precompute_ref: bool = False  # also precompute where a reference is at hand (ref_model, adapters): one pass, not a forward per step
     ref_cache: bool = True  # keep precomputed reference log-probs on disk, keyed by model and data fingerprints
     cache_dir: str | None = None  # where that cache lives (None: $DPO_NB_CACHE, else ~/.cache/dpo_nb)
     on_nonfinite: str = "raise"  # "raise" or "skip" a step whose loss or gradient is not finite
@@ -331,9 +331,10 @@ class DPOTrainer:
 def _prepare_models(self: DPOTrainer, model, ref_model, ref_mode: str | None) -> dict:
     "Place the models, set their precision and dropout, and pick the reference (the rules of 02b_models)."
     cfg = self.config
-    if is_placed(model) and cfg.device and torch.device(cfg.device) != input_device(model):
+    asked, at = (torch.device(cfg.device) if cfg.device else None), model_device(model)
+    if is_placed(model) and asked and (asked.type != at.type or asked.index not in (None, at.index)):
         warnings.warn(f"device={cfg.device!r}, but the model is quantized or dispatched and stays where it was loaded "
-                      f"({input_device(model)})")
+                      f"({at})")
     self.model, self.device = place(model, self.device)
     self.amp_dtype = pick_dtype(self.device, cfg.mixed_precision)
     info = dict(placed=is_placed(model), autocast=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "none",
@@ -406,7 +407,8 @@ def _autocast(self):
 def _read_ref_cache(self, splits) -> dict:
     "For each split: (cache file or None, cached log-probs or None). Process 0 alone calls this."
     cfg, out = self.config, {}
-    model_fp = model_fingerprint(self.model) if cfg.ref_cache else None  # hashed once, by one process
+    scorer = self.ref_model if self.ref_mode == "model" else self.model  # (adapter modes: the starting weights, adapters included)
+    model_fp = model_fingerprint(scorer) if cfg.ref_cache else None  # hashed once, by one process
     for split, data in splits:
         if not cfg.ref_cache: out[split] = (None, None); continue
         path = ref_cache_path(cfg.cache_dir or default_cache_dir(), model_fp, data_fingerprint(data), self.device, self.amp_dtype)
@@ -423,8 +425,8 @@ def _read_ref_cache(self, splits) -> dict:
 
 
 def _precompute_reference(self) -> dict:
-    "Reference log-probs of every train and eval pair, indexed by row (precomputed mode only), read from the cache if there."
-    if self.ref_mode != "precomputed": return {}
+    "Reference log-probs of every train and eval pair, indexed by row (precomputed mode, or `precompute_ref`), read from the cache if there."
+    if self.ref_mode != "precomputed" and not self.config.precompute_ref: return {}
     res = {}
     splits = [(s, d) for s, d in (("train", self.train_data), ("eval", self.eval_data)) if d is not None]
     found = self._broadcast(self._read_ref_cache(splits) if self.is_main else None)  # process 0 decides, all follow
@@ -434,7 +436,8 @@ def _precompute_reference(self) -> dict:
             res[split] = cached
             self.ref_cache_log[split] = ("read", str(path))
             continue
-        s = self._score_rows(self.model, data, list(range(len(data))), desc=f"reference log-probs ({split})")
+        with (contextlib.nullcontext(self.model) if self.ref_mode == "precomputed" else self._reference()) as ref:
+            s = self._score_rows(ref, data, list(range(len(data))), desc=f"reference log-probs ({split})")
         res[split] = np.stack([s["chosen_logps"], s["rejected_logps"]], 1)
         if path is not None and self.is_main:
             try:
@@ -470,7 +473,7 @@ for f in (_score_rows, _reference, _autocast, _read_ref_cache, _precompute_refer
 # %% ../nbs/03_train.ipynb #609bb1bc
 def _ref_for_batch(self, rows, batch):
     "Reference log-probs (chosen, rejected) for the rows of a training batch."
-    if self.ref_mode == "precomputed":
+    if "train" in self.ref_logps:  # precomputed (the mode, or `precompute_ref`)
         r = torch.as_tensor(self.ref_logps["train"][rows], device=self.device)
         return r[:, 0], r[:, 1]
     with torch.no_grad(), self._reference() as ref, self._autocast():
@@ -491,7 +494,7 @@ def train_step(self) -> dict:
         batch = self.collate([self.train_data[i] for i in rows])
         with self._autocast():
             pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0)
-        ref_c, ref_r = self._ref_for_batch(rows, batch)
+        ref_c, ref_r = (r.to(pol["chosen_logps"].device) for r in self._ref_for_batch(rows, batch))  # (a dispatched model's head may sit elsewhere)
         finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
         if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
         losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, beta=cfg.beta,
@@ -676,7 +679,7 @@ for f in (evaluate, _probe_ref_tokens, probe, estimate_kl): setattr(DPOTrainer, 
 def sample_responses(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int = 32, seed: int = 0,
                      temperature: float = 1.0) -> list[list[int]]:
     "Sampled response ids (up to and including EOS) for each prompt, from the model's own distribution."
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     L = max(map(len, prompt_ids))
     ids = torch.tensor([[pad] * (L - len(p)) + list(p) for p in prompt_ids], device=dev)

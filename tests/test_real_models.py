@@ -253,6 +253,23 @@ def test_adapter_carrying_model_starts_with_zero_margins(tok, make):
         n for n, p in t.model.named_parameters() if ".default." in n]  # and only the trained adapter learns
 
 
+@pytest.mark.parametrize("how", ["adapters", "adapter_copy", "model"])
+def test_precompute_ref_gives_the_same_losses_without_a_reference_forward_per_step(tok, how):
+    make = {"adapters": lambda: (lora(arch("llama")), None), "adapter_copy": lambda: (sft_adapter(), None),
+            "model": lambda: (arch("llama"), arch("llama", seed=5))}[how]  # (a reference other than the start: scored as given)
+    runs = []
+    for pre in (False, True):
+        model, ref = make()
+        t = DPOTrainer(model, tok, TRAIN, cfg(max_steps=4, precompute_ref=pre), ref_model=ref)
+        calls = []
+        real = t._reference
+        t._reference = lambda: calls.append(1) or real()
+        for _ in range(4): t.train_step()  # (fit would also estimate KL, which uses the reference by design)
+        assert t.ref_mode == how and ("train" in t.ref_logps) == pre and (len(calls) == 0) == pre
+        runs.append(t.history.steps["loss"].to_numpy())
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-6, rtol=0)
+
+
 def test_adapter_copy_resumes_exactly(tok, tmp_path, saved_llama):
     base = lambda: tf.AutoModelForCausalLM.from_pretrained(saved_llama)  # a base with a name, as from the Hub, for `load`
     straight = DPOTrainer(sft_adapter(base=base()), tok, TRAIN, cfg(max_steps=6))
