@@ -167,6 +167,20 @@ def test_dispatched_model_is_never_moved(tok):
     assert t.history.meta["precision"]["placed"] and abs(t.history.steps["loss"].iloc[0] - LN2) < 1e-6
 
 
+def test_an_offloaded_model_scores_like_the_plain_one():
+    "Weights offloaded behind accelerate's hooks sit on 'meta' until used: inputs go to the execution device, and the head is run as a module."
+    from accelerate import cpu_offload
+    from dpo_nb.data import PairCollator
+    from dpo_nb.logps import model_device, response_logps
+    plain = arch("llama", vocab_size=3000).eval()
+    off = cpu_offload(copy.deepcopy(plain), execution_device=torch.device("cpu"))
+    assert off.lm_head.weight.device.type == "meta" and model_device(off) == torch.device("cpu")
+    b = PairCollator(0)([dict(pair_id=i, prompt_ids=list(range(1, 30)), chosen_ids=list(range(40 + i, 1000)),
+                              rejected_ids=list(range(50, 900 - i))) for i in range(3)])  # enough logits for the tiled head
+    with torch.no_grad(): a, o = response_logps(plain, b), response_logps(off, b)
+    torch.testing.assert_close(o["chosen_logps"], a["chosen_logps"]); torch.testing.assert_close(o["rejected_logps"], a["rejected_logps"])
+
+
 @pytest.fixture(scope="module")
 def saved_llama(tmp_path_factory, tok):
     d = tmp_path_factory.mktemp("llama")
