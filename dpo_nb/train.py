@@ -769,6 +769,34 @@ for f in (fit, _checkpoint_views): setattr(DPOTrainer, f.__name__, f)
 _STATE = "trainer_state.pt"
 
 
+def _base_load(model) -> dict | None:
+    "How the frozen base of a peft model was loaded (dtype, quantization), so that `load` rebuilds the same one."
+    if not is_peft(model): return None
+    base = model.get_base_model()
+    q = getattr(base.config, "quantization_config", None)
+    frozen = [p for p in base.parameters() if not p.requires_grad and p.is_floating_point()]
+    dtype = getattr(base.config, "dtype", None) or (frozen[0].dtype if frozen else None)  # the load dtype (kbit prep upcasts after)
+    return dict(dtype=str(dtype).replace("torch.", "") if dtype else None, device=str(model_device(model)),
+                quantization_config=q.to_dict() if hasattr(q, "to_dict") else q,
+                kbit_prepared=bool(q) and all(p.dtype == torch.float32 for p in frozen))  # prepare_model_for_kbit_training's mark
+
+
+def _load_peft_policy(folder, how: dict | None):
+    "The trained adapter of a checkpoint on its base, loaded as it was the first time (dtype, 4-bit, kbit preparation)."
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+    how, kw = how or {}, {}
+    if how.get("dtype"): kw["dtype"] = getattr(torch, how["dtype"])
+    if how.get("quantization_config"):
+        from transformers import BitsAndBytesConfig
+        kw.update(quantization_config=BitsAndBytesConfig.from_dict(how["quantization_config"]), device_map={"": how["device"]})
+    base = AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(folder).base_model_name_or_path, **kw)
+    if how.get("kbit_prepared"):
+        from peft import prepare_model_for_kbit_training
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    return PeftModel.from_pretrained(base, folder, is_trainable=True)
+
+
 def save(self, path) -> Path:
     "Save everything needed to resume into folder `path`, atomically (temp folder, then rename). Process 0 writes."
     path = Path(path)
@@ -787,7 +815,7 @@ def save(self, path) -> Path:
             if self.eval_data is not None: self.eval_data.save_to_disk(str(tmp / "eval_data"))
             self.history.save(tmp / "history")
             torch.save(dict(step=self.step, nonfinite_skipped=self.nonfinite_skipped, total_steps=self.total_steps,
-                            amp_overflow_steps=self.amp_overflow_steps,
+                            amp_overflow_steps=self.amp_overflow_steps, base_load=_base_load(self.model),
                             ref_adapter=adapter_state(self.model) if self.ref_mode == "adapter_copy" else None,
                             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                             scaler=self.scaler.state_dict() if self.scaler else None, ref_mode=self.ref_mode,
@@ -817,9 +845,7 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
     cfg = DPOConfig.from_dict({**json.loads((path / "config.json").read_text()), **config_overrides})
     tok = AutoTokenizer.from_pretrained(path / "model")
     if model is None:
-        if (path / "model" / "adapter_config.json").exists():
-            from peft import AutoPeftModelForCausalLM
-            model = AutoPeftModelForCausalLM.from_pretrained(path / "model", is_trainable=True)
+        if (path / "model" / "adapter_config.json").exists(): model = _load_peft_policy(path / "model", state.get("base_load"))
         else: model = AutoModelForCausalLM.from_pretrained(path / "model")
     if ref_model is None and state["ref_mode"] == "model": ref_model = AutoModelForCausalLM.from_pretrained(path / "ref_model")
     train = load_from_disk(str(path / "train_data"))

@@ -207,6 +207,25 @@ def test_qlora_4bit_model_trains_in_place(saved_llama, tok):
     assert any(not torch.equal(now[n].detach().float(), b) for n, b in before.items() if "lora_B" in n)
 
 
+def test_qlora_resumes_on_a_4bit_base(saved_llama, tok, tmp_path):
+    "A QLoRA checkpoint resumes on the same 4-bit, kbit-prepared base (not on a full-precision one)."
+    pytest.importorskip("bitsandbytes")
+    def start():
+        q, _ = load_model(str(saved_llama), load_in_4bit=True, device="cpu")
+        torch.manual_seed(0)  # the LoRA init
+        return lora(q)
+    straight = DPOTrainer(start(), tok, TRAIN, cfg(max_steps=4, learning_rate=1e-2))
+    straight.fit()
+    a = DPOTrainer(start(), tok, TRAIN, cfg(max_steps=4, learning_rate=1e-2))
+    a.fit(2); a.save(tmp_path / "ck")
+    b = DPOTrainer.load(tmp_path / "ck")
+    base = b.model.get_base_model()
+    assert base.is_quantized and {type(m).__name__ for m in base.modules()} >= {"Linear4bit"}
+    assert b.history.meta["precision"]["placed"] and b.ref_mode == "adapters"
+    b.fit()
+    np.testing.assert_allclose(b.history.steps["loss"], straight.history.steps["loss"], atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------- dropout
 @pytest.mark.parametrize("name,kw", [("llama", dict(attention_dropout=0.5)),  # a rate the attention reads at run time
                                      ("gpt2", dict(resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3))])  # nn.Dropout modules
@@ -229,7 +248,9 @@ def lora(model, **kw):
 
 def sft_adapter(seed=1, base=None):
     "A LoRA model whose adapter has been 'trained' (B != 0): the SFT-with-LoRA, then DPO recipe."
-    m = lora(base if base is not None else arch("llama"))
+    base = base if base is not None else arch("llama")
+    torch.manual_seed(seed)  # the LoRA init
+    m = lora(base)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in m.named_parameters():
