@@ -7,6 +7,7 @@ Docs: https://dpo-nb.github.io/dpo_nb/logps.html.md"""
 # %% ../nbs/01_logps.ipynb #a64cc636
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import sys
@@ -540,20 +541,27 @@ def _hidden_rows(model, input_ids, attention_mask, rows, cols):
 
 
 @torch.no_grad()
-def token_kl(policy, ref,  # two causal LMs sharing a tokenizer
+def token_kl(policy, ref,  # two causal LMs sharing a tokenizer (`ref` may be None when `ref_context` is given)
              input_ids: torch.Tensor, attention_mask: torch.Tensor,  # [rows, seq], right-padded
              response_mask: torch.Tensor,  # [rows, seq] 1 on the response tokens whose contexts we compare at
-             chunk_size: int = 1024):
+             chunk_size: int = 1024,
+             ref_context=None,  # a callable giving a context that yields the reference (e.g. a peft model's adapters off)
+             ):
     "Exact KL(policy || ref) of the next-token distributions at each response token: per-row sums and token counts."
+    # with `ref_context` the reference may be the policy itself, computing otherwise: every reference pass (decoder and
+    # head) runs inside the context, every policy pass outside it
+    ctx = ref_context or (lambda: contextlib.nullcontext(ref))
     dev = model_device(policy)
     input_ids, attention_mask, response_mask = input_ids.to(dev), attention_mask.to(dev), response_mask.to(dev)
     rows, cols, _ = response_positions(input_ids, response_mask)
     p_logits = _hidden_rows(policy, input_ids, attention_mask, rows, cols)
-    q_dev = model_device(ref)
-    q_logits = _hidden_rows(ref, input_ids.to(q_dev), attention_mask.to(q_dev), rows.to(q_dev), cols.to(q_dev))
+    with ctx() as r:
+        q_dev = model_device(r)
+        q_logits = _hidden_rows(r, input_ids.to(q_dev), attention_mask.to(q_dev), rows.to(q_dev), cols.to(q_dev))
     kl = []
     for s in range(0, len(rows), chunk_size):
-        lp, lq = p_logits(s, s + chunk_size).log_softmax(-1), q_logits(s, s + chunk_size).to(dev).log_softmax(-1)
+        lp = p_logits(s, s + chunk_size).log_softmax(-1)
+        with ctx(): lq = q_logits(s, s + chunk_size).to(dev).log_softmax(-1)
         kl.append((lp.exp() * (lp - lq)).sum(-1))
     kl = torch.cat(kl) if kl else torch.zeros(0, device=dev)
     sums = torch.zeros(input_ids.shape[0], device=dev).index_add(0, rows, kl)

@@ -23,7 +23,8 @@ from .history import History
 from .logps import model_device, response_logps, sequence_logps, token_kl
 from .loss import LOSS_TYPES, dpo_loss, gradient_weight
 from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
-                           load_adapter_state, pick_dtype, place, prepare_master_weights, reference_adapter, router_aux_coef)
+                           load_adapter_state, pick_dtype, place, prepare_master_weights, process_device, reference_adapter,
+                           router_aux_coef)
 
 # %% auto #0
 __all__ = ['DPOConfig', 'pick_device', 'seed_everything', 'epoch_order', 'epoch_batches', 'batch_rows', 'NonFiniteError',
@@ -87,6 +88,9 @@ class DPOConfig:
         d = dict(d)
         if "dtype" in d and "mixed_precision" not in d:  # this setting's earlier name (configs and checkpoints saved before)
             v = d.pop("dtype"); d["mixed_precision"] = "no" if v == "fp32" else v
+            if v not in (None, "fp32"):
+                warnings.warn(f"DPOConfig setting dtype={v!r} is now mixed_precision={v!r}; a 16-bit format asked for by name "
+                              "now applies on a CPU too (before: on a GPU only). Set mixed_precision=None for the old behaviour")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown: raise ValueError(f"unknown DPOConfig settings: {sorted(unknown)}; known: {sorted(known)}")
@@ -358,10 +362,10 @@ def _prepare_models(self: DPOTrainer, model, ref_model, ref_mode: str | None) ->
 
 # %% ../nbs/03_train.ipynb #6201a1f0
 @torch.no_grad()
-def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None = None):
-    "Scores of `rows` of `data` under `model` (no grad): dict of numpy arrays (and per-token tensors if `tokens`)."
+def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None = None, router_aux: bool = False):
+    "Scores of `rows` of `data` under `model` (no grad): dict of numpy arrays (and per-token tensors if `tokens`; MoE router loss per batch if `router_aux`)."
     out = {k: [] for k in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens")}
-    tok_out = []
+    tok_out, aux = [], []
     bs = self.config.ref_batch_size
     shard = self.world > 1 and not tokens
     if shard:  # process k scores rows k, k+P, k+2P, ...; the gather below puts them back in order
@@ -373,8 +377,9 @@ def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None 
         for s in tqdm(starts, desc=desc, leave=False, disable=desc is None or not self.config.progress):
             batch = self.collate([data[i] for i in rows[s:s + bs]])
             with self._autocast():
-                r = response_logps(model, batch, self.config.chunk_size, self.config.prefix_sharing)
+                r = response_logps(model, batch, self.config.chunk_size, self.config.prefix_sharing, router_aux=router_aux)
             for k in out: out[k].append(r[k].float().cpu())
+            if router_aux: aux.append(float(r["aux_loss"]))
             if tokens: tok_out.append((batch, {k: r[k].float().cpu() for k in ("chosen_token_logps", "rejected_token_logps")}))
     finally: model.train(was)
     res = {k: (torch.cat(v) if v else torch.zeros(0)).numpy() for k, v in out.items()}
@@ -385,6 +390,12 @@ def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None 
         for k_rank, g in enumerate(got):
             for k in full: full[k][k_rank::self.world] = g[k]
         res = full
+    if router_aux:  # one value per scored batch (of every process)
+        if shard:
+            got = [None] * self.world
+            torch.distributed.all_gather_object(got, aux)
+            aux = [a for g in got for a in g]
+        res["aux_loss"] = np.asarray(aux)
     return (res, tok_out) if tokens else res
 
 
@@ -512,34 +523,32 @@ def train_step(self) -> dict:
                           chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy(),
                           n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy(),
                           **({"aux_loss": np.full(len(rows), float(pol["aux_loss"]))} if self.aux_coef else {})))
-    params = [p for p in self.model.parameters() if p.requires_grad]
-    self._average_gradients(params)  # (several processes: the mean over the global batch)
-    if self.scaler: self.scaler.unscale_(self.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
-    overflow = not bool(torch.isfinite(grad_norm))
-    if overflow and not self.scaler: self._nonfinite("gradient", None, np.concatenate([p["pair_id"] for p in parts]))
-    p = self._gather_rows(parts)  # (several processes: the whole global batch, on every process)
-    margin = p["chosen_reward"] - p["rejected_reward"]
-    metrics = {"loss": float(p["losses"].mean()), "rewards/chosen": float(p["chosen_reward"].mean()),
-               "rewards/rejected": float(p["rejected_reward"].mean()), "rewards/margins": float(margin.mean()),
-               "rewards/accuracies": float((margin > 0).mean()), "logps/chosen": float(p["chosen_logps"].mean()),
-               "logps/rejected": float(p["rejected_logps"].mean()), "lr": self.scheduler.get_last_lr()[0],
-               "grad_norm": float("nan") if overflow else float(grad_norm), "epoch": epoch,
-               "pairs_seen": (self.step + 1) * cfg.batch_size * cfg.grad_accum_steps}
-    if self.aux_coef:  # as TRL logs it: `loss` includes the router term, `aux_loss` is the term itself
-        metrics["aux_loss"] = float(p["aux_loss"].mean())
-        metrics["loss"] += self.aux_coef * metrics["aux_loss"]
-    if self.scaler: metrics.update({"amp/loss_scale": float(self.scaler.get_scale()), "amp/overflow": int(overflow)})
-    with _DeferInterrupt():  # from here on the step completes even if interrupted
+    with _DeferInterrupt():  # from the gradient sync on, the step completes even if interrupted (the loss scaler too)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self._average_gradients(params)  # (several processes: the mean over the global batch)
+        if self.scaler: self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
+        overflow = not bool(torch.isfinite(grad_norm))
+        if overflow and not self.scaler: self._nonfinite("gradient", None, np.concatenate([p["pair_id"] for p in parts]))
+        p = self._gather_rows(parts)  # (several processes: the whole global batch, on every process)
+        margin = p["chosen_reward"] - p["rejected_reward"]
+        metrics = {"loss": float(p["losses"].mean()), "rewards/chosen": float(p["chosen_reward"].mean()),
+                   "rewards/rejected": float(p["rejected_reward"].mean()), "rewards/margins": float(margin.mean()),
+                   "rewards/accuracies": float((margin > 0).mean()), "logps/chosen": float(p["chosen_logps"].mean()),
+                   "logps/rejected": float(p["rejected_logps"].mean()), "lr": self.scheduler.get_last_lr()[0],
+                   "grad_norm": float("nan") if overflow else float(grad_norm), "epoch": epoch,
+                   "pairs_seen": (self.step + 1) * cfg.batch_size * cfg.grad_accum_steps}
+        if self.aux_coef:  # as TRL logs it: `loss` includes the router term, `aux_loss` is the term itself
+            metrics["aux_loss"] = float(p["aux_loss"].mean())
+            metrics["loss"] += self.aux_coef * metrics["aux_loss"]
+        if self.scaler: metrics.update({"amp/loss_scale": float(self.scaler.get_scale()), "amp/overflow": int(overflow)})
         if self.scaler:  # after an overflow, step() leaves the weights alone and update() lowers the scale
             self.scaler.step(self.optimizer); self.scaler.update()
             if overflow:
                 self.amp_overflow_steps += 1
                 self.history.meta["amp_overflow_steps"] = self.amp_overflow_steps
         else: self.optimizer.step()
-        with warnings.catch_warnings():  # (after an overflow torch notes that the optimizer did not step: we know)
-            if overflow: warnings.simplefilter("ignore")
-            self.scheduler.step()
+        if not overflow: self.scheduler.step()  # (an overflow step updates nothing: as in HF's Trainer, the schedule waits)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         metrics["tokens_per_s"] = int(p["n_tokens"].sum()) / (time.perf_counter() - t0)
@@ -575,7 +584,7 @@ def evaluate(self) -> dict:
     "Score every eval pair with the current policy; log per-pair records and `eval/` metrics at the current step."
     if self.eval_data is None: return {}
     rows = list(range(len(self.eval_data)))
-    pol = self._score_rows(self.model, self.eval_data, rows)
+    pol = self._score_rows(self.model, self.eval_data, rows, router_aux=self.aux_coef != 0)
     if self.ref_mode == "precomputed": ref = self.ref_logps["eval"]
     else:
         if "eval" not in self.ref_logps:  # the reference is frozen: score it once
@@ -588,6 +597,9 @@ def evaluate(self) -> dict:
     metrics = {"loss": float(losses.mean()), "rewards/chosen": float(r_c.mean()), "rewards/rejected": float(r_r.mean()),
                "rewards/margins": float(margin.mean()), "rewards/accuracies": float((margin > 0).mean()),
                "logps/chosen": float(pol["chosen_logps"].mean()), "logps/rejected": float(pol["rejected_logps"].mean())}
+    if self.aux_coef:  # as in training and in TRL's evaluation: the router term is part of the loss
+        metrics["aux_loss"] = float(pol["aux_loss"].mean())
+        metrics["loss"] += self.aux_coef * metrics["aux_loss"]
     with _DeferInterrupt():  # both tables or neither
         self.history.log_pairs(self.step, "eval", np.asarray(self.eval_data["pair_id"]), chosen_logps=pol["chosen_logps"],
                                rejected_logps=pol["rejected_logps"], ref_chosen_logps=ref[:, 0], ref_rejected_logps=ref[:, 1],
@@ -662,8 +674,9 @@ def estimate_kl(self) -> dict:
             res["gold_reward"] = float(np.mean([self.reward_fn(t) for t in texts]))
         # exact per-token KL along the dataset's chosen responses
         b = self.collate([data[i] for i in rows])
-        with self._reference() as ref, self._autocast():
-            s, n = token_kl(self.model, ref, b["chosen_input_ids"], b["chosen_attention_mask"], b["chosen_response_mask"], cfg.chunk_size)
+        with self._autocast():  # (the reference may be the policy with its adapters off: token_kl enters the context itself)
+            s, n = token_kl(self.model, None, b["chosen_input_ids"], b["chosen_attention_mask"], b["chosen_response_mask"],
+                            cfg.chunk_size, ref_context=self._reference)
         res["kl/token_exact"] = float(s.sum() / n.sum().clamp(min=1))
     finally: self.model.train(was)
     with _DeferInterrupt():
@@ -769,29 +782,44 @@ for f in (fit, _checkpoint_views): setattr(DPOTrainer, f.__name__, f)
 _STATE = "trainer_state.pt"
 
 
-def _base_load(model) -> dict | None:
-    "How the frozen base of a peft model was loaded (dtype, quantization), so that `load` rebuilds the same one."
-    if not is_peft(model): return None
-    base = model.get_base_model()
+def _load_info(model) -> dict:
+    "How `model` (a peft model: its frozen base) was loaded, so that `load` rebuilds the same one."
+    base = model.get_base_model() if is_peft(model) else model
+    dmap = dict(getattr(base, "hf_device_map", None) or {})
+    info = dict(attn_implementation=getattr(base.config, "_attn_implementation", None),
+                trust_remote_code=type(base).__module__.startswith("transformers_modules"),  # a model class shipped with the checkpoint
+                device_map=dmap if len(set(dmap.values())) > 1 else None)  # dispatched over several devices
+    if not is_peft(model): return info
     q = getattr(base.config, "quantization_config", None)
     frozen = [p for p in base.parameters() if not p.requires_grad and p.is_floating_point()]
     dtype = getattr(base.config, "dtype", None) or (frozen[0].dtype if frozen else None)  # the load dtype (kbit prep upcasts after)
-    return dict(dtype=str(dtype).replace("torch.", "") if dtype else None, device=str(model_device(model)),
+    dev = model_device(model)
+    return dict(info, dtype=str(dtype).replace("torch.", "") if dtype else None,
+                device=dev.type if dev.type == "cuda" else str(dev),  # (CUDA: each process takes its own GPU again)
                 quantization_config=q.to_dict() if hasattr(q, "to_dict") else q,
                 kbit_prepared=bool(q) and all(p.dtype == torch.float32 for p in frozen))  # prepare_model_for_kbit_training's mark
 
 
-def _load_peft_policy(folder, how: dict | None):
-    "The trained adapter of a checkpoint on its base, loaded as it was the first time (dtype, 4-bit, kbit preparation)."
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM
+def _from_pretrained_kw(how: dict | None) -> dict:
+    "`from_pretrained` arguments that rebuild a model as `_load_info` described it."
     how, kw = how or {}, {}
+    for k in ("attn_implementation", "trust_remote_code", "device_map"):
+        if how.get(k): kw[k] = how[k]
     if how.get("dtype"): kw["dtype"] = getattr(torch, how["dtype"])
     if how.get("quantization_config"):
         from transformers import BitsAndBytesConfig
-        kw.update(quantization_config=BitsAndBytesConfig.from_dict(how["quantization_config"]), device_map={"": how["device"]})
-    base = AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(folder).base_model_name_or_path, **kw)
-    if how.get("kbit_prepared"):
+        kw.update(quantization_config=BitsAndBytesConfig.from_dict(how["quantization_config"]),
+                  device_map=kw.get("device_map") or {"": str(process_device(how["device"]))})
+    return kw
+
+
+def _load_policy(folder, how: dict | None):
+    "The policy of a checkpoint: the model, or the trained adapter on its base, loaded as it was the first time."
+    from transformers import AutoModelForCausalLM
+    if not (folder / "adapter_config.json").exists(): return AutoModelForCausalLM.from_pretrained(folder, **_from_pretrained_kw(how))
+    from peft import PeftConfig, PeftModel
+    base = AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(folder).base_model_name_or_path, **_from_pretrained_kw(how))
+    if (how or {}).get("kbit_prepared"):
         from peft import prepare_model_for_kbit_training
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     return PeftModel.from_pretrained(base, folder, is_trainable=True)
@@ -815,7 +843,7 @@ def save(self, path) -> Path:
             if self.eval_data is not None: self.eval_data.save_to_disk(str(tmp / "eval_data"))
             self.history.save(tmp / "history")
             torch.save(dict(step=self.step, nonfinite_skipped=self.nonfinite_skipped, total_steps=self.total_steps,
-                            amp_overflow_steps=self.amp_overflow_steps, base_load=_base_load(self.model),
+                            amp_overflow_steps=self.amp_overflow_steps, load_info=_load_info(self.model),
                             ref_adapter=adapter_state(self.model) if self.ref_mode == "adapter_copy" else None,
                             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                             scaler=self.scaler.state_dict() if self.scaler else None, ref_mode=self.ref_mode,
@@ -845,8 +873,7 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
     cfg = DPOConfig.from_dict({**json.loads((path / "config.json").read_text()), **config_overrides})
     tok = AutoTokenizer.from_pretrained(path / "model")
     if model is None:
-        if (path / "model" / "adapter_config.json").exists(): model = _load_peft_policy(path / "model", state.get("base_load"))
-        else: model = AutoModelForCausalLM.from_pretrained(path / "model")
+        model = _load_policy(path / "model", state.get("load_info"))
     if ref_model is None and state["ref_mode"] == "model": ref_model = AutoModelForCausalLM.from_pretrained(path / "ref_model")
     train = load_from_disk(str(path / "train_data"))
     ev = load_from_disk(str(path / "eval_data")) if (path / "eval_data").exists() else None
@@ -854,6 +881,7 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
             history=History.load(path / "history"), reward_fn=reward_fn, _ref_logps=state["ref_logps"],
             _ref_mode=state["ref_mode"] if state["ref_mode"] in ("adapters", "adapter_copy") else None)
     if t.ref_mode == "adapter_copy" and state.get("ref_adapter"): load_adapter_state(t.model, state["ref_adapter"])
+    if cfg.precompute_ref and not t.ref_logps: t.ref_logps = t._precompute_reference()  # asked for on resume: the reference is at hand
     t.step, t.nonfinite_skipped, t.total_steps = state["step"], state["nonfinite_skipped"], state["total_steps"]
     t.amp_overflow_steps = state.get("amp_overflow_steps", 0)
     t.optimizer.load_state_dict(state["optimizer"])

@@ -135,6 +135,21 @@ def test_fp16_overflows_are_skipped_counted_and_the_scaler_updated(tok):
         assert t.nonfinite_skipped == 0 and share_changed(before, t.model) > 0.5
 
 
+def test_ctrl_c_while_fp16_gradients_are_unscaled_finishes_the_step(tok, monkeypatch):
+    "A real SIGINT between the scaler's unscale_ and its update waits for the step's end; the next fit goes on."
+    import signal
+    t = DPOTrainer(arch("llama"), tok, TRAIN, cfg(mixed_precision="fp16", max_steps=4))
+    clip, sent = torch.nn.utils.clip_grad_norm_, []
+    def clip_then_interrupt(*a, **k):
+        if t.step == 1 and not sent: sent.append(1); signal.raise_signal(signal.SIGINT)  # (as a notebook's Stop button)
+        return clip(*a, **k)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_then_interrupt)
+    t.fit()
+    assert sent and t.step == 2  # step 2 completed, then fit stopped
+    t.fit()
+    assert t.step == 4 and np.isfinite(t.history.steps["loss"]).all()
+
+
 def test_pick_dtype_reads_the_compute_capability(monkeypatch):
     from dpo_nb.models import pick_dtype
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
@@ -288,6 +303,26 @@ def test_adapter_carrying_model_starts_with_zero_margins(tok, make):
         n for n, p in t.model.named_parameters() if ".default." in n]  # and only the trained adapter learns
 
 
+@pytest.mark.parametrize("how", ["adapters", "adapter_copy"])
+def test_token_kl_against_the_adapter_reference(tok, how):
+    "The exact token KL of a peft policy from its reference equals the KL from a separate copy of the starting model."
+    model = lora(arch("llama")) if how == "adapters" else sft_adapter()
+    start = copy.deepcopy(model).eval()
+    t = DPOTrainer(model, tok, TRAIN, cfg(max_steps=6, learning_rate=3e-2, kl_prompts=4, kl_max_new_tokens=4))
+    t.fit()
+    from dpo_nb.logps import token_kl
+    b = t.collate([t.train_data[i] for i in range(4)])
+    with torch.no_grad():
+        t.model.eval()
+        ours = token_kl(t.model, None, b["chosen_input_ids"], b["chosen_attention_mask"], b["chosen_response_mask"],
+                        ref_context=t._reference)
+        theirs = token_kl(t.model, start, b["chosen_input_ids"], b["chosen_attention_mask"], b["chosen_response_mask"])
+    assert float(ours[0].sum()) > 1e-3
+    torch.testing.assert_close(ours[0], theirs[0], atol=1e-5, rtol=1e-4)
+    kl = t.history.kl
+    assert (kl[(kl["method"] == "token_exact") & (kl["step"] == 6)]["value"] > 1e-4).all()
+
+
 @pytest.mark.parametrize("how", ["adapters", "adapter_copy", "model"])
 def test_precompute_ref_gives_the_same_losses_without_a_reference_forward_per_step(tok, how):
     make = {"adapters": lambda: (lora(arch("llama")), None), "adapter_copy": lambda: (sft_adapter(), None),
@@ -306,13 +341,17 @@ def test_precompute_ref_gives_the_same_losses_without_a_reference_forward_per_st
 
 
 def test_adapter_copy_resumes_exactly(tok, tmp_path, saved_llama):
-    base = lambda: tf.AutoModelForCausalLM.from_pretrained(saved_llama)  # a base with a name, as from the Hub, for `load`
+    base = lambda: tf.AutoModelForCausalLM.from_pretrained(saved_llama, attn_implementation="eager")  # a named base, as from the Hub
     straight = DPOTrainer(sft_adapter(base=base()), tok, TRAIN, cfg(max_steps=6))
     straight.fit()
     a = DPOTrainer(sft_adapter(base=base()), tok, TRAIN, cfg(max_steps=6))
     a.fit(3); a.save(tmp_path / "ck")
     b = DPOTrainer.load(tmp_path / "ck")
-    assert b.ref_mode == "adapter_copy"
+    assert b.ref_mode == "adapter_copy" and b.model.get_base_model().config._attn_implementation == "eager"
+    c = DPOTrainer.load(tmp_path / "ck", precompute_ref=True)  # asked for on resume: scored with the restored starting adapter
+    assert "train" in c.ref_logps
+    c.fit()
+    np.testing.assert_allclose(c.history.steps["loss"], straight.history.steps["loss"], atol=1e-6, rtol=0)
     b.fit()
     np.testing.assert_allclose(b.history.steps["loss"], straight.history.steps["loss"], atol=1e-6, rtol=0)
     ref_b = {n: p for n, p in b.model.named_parameters() if f".{REF_ADAPTER}." in n}
@@ -323,13 +362,16 @@ def test_adapter_copy_resumes_exactly(tok, tmp_path, saved_llama):
 # ---------------------------------------------------------------------------------------------- MoE
 @pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
 def test_moe_router_loss_is_added_and_logged(tok, name):
-    t = DPOTrainer(arch(name), tok, TRAIN, cfg())
+    t = DPOTrainer(arch(name), tok, TRAIN, cfg(), eval_data=make_pairs(8, seed=1))
     assert t.aux_coef == 0.001
     t.fit()
     s, p = t.history.steps, t.history.pairs.query("split == 'train'")
     assert (s["aux_loss"] > 0).all()
     dpo_part = p.groupby("step")["loss"].mean().to_numpy()
     np.testing.assert_allclose(s["loss"], dpo_part + 0.001 * s["aux_loss"], atol=1e-6, rtol=0)
+    ev, pe = t.history.evals, t.history.pairs.query("split == 'eval'")  # evaluation too, as TRL's
+    assert (ev["aux_loss"] > 0).all()
+    np.testing.assert_allclose(ev["loss"], pe.groupby("step")["loss"].mean().to_numpy() + 0.001 * ev["aux_loss"], atol=1e-6, rtol=0)
     # the same router loss the model's own forward computes, on the same concatenated batch
     b = t.collate([t.train_data[i] for i in range(4)])
     cat = concat_pair_batch(b)
