@@ -778,10 +778,7 @@ def _checkpoint_views(self, force=False, final=False):
 
 for f in (fit, _checkpoint_views): setattr(DPOTrainer, f.__name__, f)
 
-# %% ../nbs/03_train.ipynb #df12af1f
-_STATE = "trainer_state.pt"
-
-
+# %% ../nbs/03_train.ipynb #ea0dfd71
 def _load_info(model) -> dict:
     "How `model` (a peft model: its frozen base) was loaded, so that `load` rebuilds the same one."
     base = model.get_base_model() if is_peft(model) else model
@@ -823,6 +820,9 @@ def _load_policy(folder, how: dict | None):
         from peft import prepare_model_for_kbit_training
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     return PeftModel.from_pretrained(base, folder, is_trainable=True)
+
+# %% ../nbs/03_train.ipynb #df12af1f
+_STATE = "trainer_state.pt"
 
 
 def save(self, path) -> Path:
