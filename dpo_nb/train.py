@@ -522,7 +522,7 @@ def train_step(self) -> dict:
                           ref_chosen_logps=ref_c.cpu().numpy(), ref_rejected_logps=ref_r.cpu().numpy(),
                           chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy(),
                           n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy(),
-                          **({"aux_loss": np.full(len(rows), float(pol["aux_loss"]))} if self.aux_coef else {})))
+                          **({"aux_loss": np.full(len(rows), float(pol["aux_loss"].detach()))} if self.aux_coef else {})))
     with _DeferInterrupt():  # from the gradient sync on, the step completes even if interrupted (the loss scaler too)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self._average_gradients(params)  # (several processes: the mean over the global batch)

@@ -163,7 +163,8 @@ def test_pick_dtype_reads_the_compute_capability(monkeypatch):
 
 def test_legacy_dtype_setting_maps_to_mixed_precision():
     assert DPOConfig.from_dict({"dtype": "fp32"}).mixed_precision == "no"
-    assert DPOConfig.from_dict({"dtype": "bf16"}).mixed_precision == "bf16"
+    with pytest.warns(UserWarning, match="now applies on a CPU too"):
+        assert DPOConfig.from_dict({"dtype": "bf16"}).mixed_precision == "bf16"
     with pytest.raises(ValueError, match="master_weights"): DPOConfig(master_weights="bf16")
 
 
