@@ -7,7 +7,7 @@ Docs: https://dpo-nb.github.io/dpo_nb/train.html.md"""
 # %% ../nbs/03_train.ipynb #a3d068dd
 from __future__ import annotations
 
-import contextlib, hashlib, json, math, os, random, shutil, signal, tempfile, threading, time, warnings
+import contextlib, hashlib, json, math, numbers, os, random, shutil, signal, tempfile, threading, time, warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -21,15 +21,16 @@ import dpo_nb
 from .data import PairCollator, load_preferences, tokenize_pairs
 from .history import History
 from .logps import model_device, response_logps, sequence_logps, token_kl
-from .loss import LOSS_TYPES, dpo_loss, gradient_weight
+from .loss import LOSS_TYPES, _check_label_smoothing, dpo_loss, gradient_weight
 from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
                            load_adapter_state, pick_dtype, place, prepare_master_weights, process_device, reference_adapter,
                            router_aux_coef)
 
 # %% auto #0
-__all__ = ['DPOConfig', 'pick_device', 'seed_everything', 'epoch_order', 'epoch_batches', 'batch_rows', 'NonFiniteError',
-           'Callback', 'model_fingerprint', 'data_fingerprint', 'default_cache_dir', 'ref_cache_path', 'process_state',
-           'DPOTrainer', 'train_step', 'evaluate', 'probe', 'estimate_kl', 'sample_responses', 'fit', 'save', 'load']
+__all__ = ['DPOConfig', 'ConfigError', 'check_config', 'pick_device', 'seed_everything', 'epoch_order', 'epoch_batches',
+           'batch_rows', 'NonFiniteError', 'Callback', 'model_fingerprint', 'data_fingerprint', 'default_cache_dir',
+           'ref_cache_path', 'process_state', 'DPOTrainer', 'train_step', 'evaluate', 'probe', 'estimate_kl',
+           'sample_responses', 'fit', 'save', 'load']
 
 # %% ../nbs/03_train.ipynb #a98a9a7d
 @dataclass
@@ -46,8 +47,8 @@ class DPOConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # optimizer steps in all; None: `epochs` passes over the data
     epochs: float = 1.0  # passes over the training pairs when `max_steps` is None
-    max_length: int = 512  # prompt + response tokens
-    max_prompt_length: int = 256  # prompt tokens (truncated from the left)
+    max_length: int | None = 512  # prompt + response tokens (None: no limit)
+    max_prompt_length: int | None = 256  # prompt tokens, truncated from the left (None: no limit)
     max_grad_norm: float | None = 1.0  # gradient clipping (None: no clipping)
     seed: int = 0  # the one seed: data order, dropout, sampling
     device: str | None = None  # None: cuda, then mps, then cpu
@@ -74,13 +75,7 @@ class DPOConfig:
     kl_max_new_tokens: int = 32  # length of those samples
     progress: bool = True  # show a tqdm progress bar
 
-    def __post_init__(self):
-        if self.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type={self.loss_type!r}: choose one of {LOSS_TYPES}")
-        if self.on_nonfinite not in ("raise", "skip"): raise ValueError("on_nonfinite must be 'raise' or 'skip'")
-        if self.lr_schedule not in ("linear", "cosine", "constant"): raise ValueError("lr_schedule must be linear, cosine or constant")
-        if self.batch_size < 1 or self.grad_accum_steps < 1: raise ValueError("batch_size and grad_accum_steps must be >= 1")
-        if self.mixed_precision not in (None, "bf16", "fp16", "no"): raise ValueError("mixed_precision must be 'bf16', 'fp16', 'no' or None")
-        if self.master_weights not in ("fp32", "as_loaded"): raise ValueError("master_weights must be 'fp32' or 'as_loaded'")
+    def __post_init__(self): check_config(self)  # (below) every field's type and range, when the config is made
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -95,6 +90,51 @@ class DPOConfig:
         unknown = set(d) - known
         if unknown: raise ValueError(f"unknown DPOConfig settings: {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
+
+# %% ../nbs/03_train.ipynb #c070cfa4
+class ConfigError(ValueError):
+    "A DPOConfig setting of the wrong type or out of its range; the message names the field."
+
+
+_CHOICES = dict(loss_type=LOSS_TYPES, lr_schedule=("linear", "cosine", "constant"), on_nonfinite=("raise", "skip"),
+                mixed_precision=(None, "bf16", "fp16", "no"), master_weights=("fp32", "as_loaded"))
+_pos, _nonneg = (lambda v: v > 0 and math.isfinite(v), "a positive finite number"), (lambda v: v >= 0, ">= 0")
+_RANGES = dict(  # field: (test, what the value must be)
+    beta=_pos, learning_rate=_pos, weight_decay=_nonneg, epochs=_pos, eval_every=_nonneg, probe_every=_nonneg,
+    kl_every=_nonneg, probe_pairs=_nonneg,
+    warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"),
+    max_steps=(lambda v: v is None or v >= 1, "None (the epochs decide) or >= 1"),
+    max_grad_norm=(lambda v: v is None or (v > 0 and math.isfinite(v)),
+                   "None (no clipping) or a positive number (a negative one would reverse every update)"),
+    router_aux_loss_coef=(lambda v: v is None or v >= 0, "None (the model config's) or >= 0"),
+    **{k: (lambda v: v is None or v >= 1, "None or >= 1") for k in ("max_length", "max_prompt_length")},
+    **{k: (lambda v: v >= 1, ">= 1") for k in ("batch_size", "grad_accum_steps", "chunk_size", "ref_batch_size",
+                                              "kl_prompts", "kl_max_new_tokens")})
+
+
+def _type_ok(value, annotation: str) -> bool:
+    "Whether `value` fits a field annotated `annotation` (\"float\", \"int | None\", ...); bools are not numbers here."
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None: return "None" in kinds
+    if isinstance(value, bool): return "bool" in kinds
+    return (("float" in kinds and isinstance(value, numbers.Real)) or ("int" in kinds and isinstance(value, numbers.Integral))
+            or ("str" in kinds and isinstance(value, str)))
+
+
+def check_config(cfg):
+    "Refuse any DPOConfig field of the wrong type or out of its range, with a message naming the field."
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if not _type_ok(v, f.type): raise ConfigError(f"DPOConfig.{f.name}={v!r}: expected {f.type}, got {type(v).__name__}")
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed: raise ConfigError(f"DPOConfig.{name}={getattr(cfg, name)!r}: choose one of {allowed}")
+    for name, (ok, what) in _RANGES.items():
+        if not ok(getattr(cfg, name)): raise ConfigError(f"DPOConfig.{name}={getattr(cfg, name)!r}: must be {what}")
+    if cfg.max_length and cfg.max_prompt_length and cfg.max_prompt_length >= cfg.max_length:
+        raise ConfigError(f"DPOConfig.max_prompt_length={cfg.max_prompt_length} leaves no room for a response within "
+                          f"max_length={cfg.max_length}")
+    try: _check_label_smoothing(cfg.loss_type, cfg.label_smoothing)
+    except ValueError as e: raise ConfigError(f"DPOConfig.label_smoothing: {e}") from None
 
 # %% ../nbs/03_train.ipynb #91180cdf
 def pick_device(device: str | None = None) -> torch.device:
@@ -357,6 +397,9 @@ def _prepare_models(self: DPOTrainer, model, ref_model, ref_mode: str | None) ->
         self.ref_mode = ref_mode or ("adapters" if adapters_are_identity(self.model) else "adapter_copy")
         if self.ref_mode == "adapter_copy": add_reference_adapter(self.model)
     else: self.ref_mode = "precomputed"
+    if cfg.kl_every and self.ref_mode == "precomputed":
+        raise ConfigError(f"DPOConfig.kl_every={cfg.kl_every}: KL needs a reference model to compare with, and this run keeps "
+                          "only the reference's log-probs. Pass ref_model=..., train peft adapters, or set kl_every=0")
     self.aux_coef = router_aux_coef(self.model, cfg.router_aux_loss_coef)
     return info
 
