@@ -14,15 +14,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import load_preferences
+from .data import PreferenceDataError, load_preferences
 from .history import History
 from .models import DTYPES, REF_ADAPTER, is_peft, load_model
 from .report import report_from_dir, write_report
 from .toy import load_toy, mean_reward, sample_completions
-from .train import DPOConfig, DPOTrainer
+from .train import ConfigError, DPOConfig, DPOTrainer
 
 # %% auto #0
-__all__ = ['DEMO_DEFAULTS', 'demo_config', 'summary_table', 'run_demo', 'run_train', 'main']
+__all__ = ['DEMO_DEFAULTS', 'USER_ERRORS', 'demo_config', 'summary_table', 'run_demo', 'run_train', 'main']
 
 # %% ../nbs/09_cli.ipynb #5493cef3
 DEMO_DEFAULTS = dict(steps=93, beta=0.5, loss_type="sigmoid", learning_rate=3e-4, batch_size=32, samples=128)  # 93 steps: one epoch
@@ -87,6 +87,13 @@ def _lora(model, r: int = 16, alpha: int = 32):
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
 
 
+def _check_local(flag: str, name: str | None):
+    "A model given as a local path must exist (anything else is taken for a Hub name)."
+    if name and (os.path.isabs(name) or name.startswith((".", "~"))) and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"{flag} {name}: no such folder (a local model is a folder written by save_pretrained; "
+                                "a Hub model is given by its name, e.g. HuggingFaceTB/SmolLM2-135M-Instruct)")
+
+
 def _final_model(model, dtype: torch.dtype, adapter_only: bool):
     "The trained model as it is saved: LoRA merged into the weights (the adapter alone for QLoRA), in its load dtype."
     if is_peft(model):
@@ -104,6 +111,13 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     settings = json.loads(Path(config).read_text()) if config else {}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     cfg = DPOConfig.from_dict(settings)
+    for flag, name in (("--model", model), ("--ref", ref)): _check_local(flag, name)
+    train = load_preferences(data, split=split)  # the data first: a bad file is found before a model is loaded
+    if eval_data: ev = load_preferences(eval_data, split=eval_split)
+    elif eval_fraction and len(train) >= 20:
+        parts = train.train_test_split(test_size=eval_fraction, seed=cfg.seed)
+        train, ev = parts["train"], parts["test"]
+    else: ev = None
     how = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     policy, tok = load_model(model, load_in_4bit=load_in_4bit, device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing, **how)
     loaded = next(p.dtype for p in policy.parameters() if p.is_floating_point())
@@ -112,12 +126,6 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
         lora = True
     if lora: policy = _lora(policy, r=lora_r)
     ref_model = load_model(ref, **how)[0] if ref else None
-    train = load_preferences(data, split=split)
-    if eval_data: ev = load_preferences(eval_data, split=eval_split)
-    elif eval_fraction and len(train) >= 20:
-        parts = train.train_test_split(test_size=eval_fraction, seed=cfg.seed)
-        train, ev = parts["train"], parts["test"]
-    else: ev = None
     trainer = DPOTrainer(policy, tok, train, cfg, ref_model=ref_model, eval_data=ev)
     hist = trainer.fit()
     out = Path(out)
@@ -180,9 +188,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+USER_ERRORS = (ConfigError, PreferenceDataError, OSError)  # a bad setting, bad data, a missing file or folder, an unreachable Hub
+
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `dpo-nb` command."
+    "Entry point of the `dpo-nb` command: 0 when done; 2, with one line saying what is wrong, for a user error."
     args = _parser().parse_args(argv)
+    try: return _run(args)
+    except USER_ERRORS as e:
+        print(f"dpo-nb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.command == "demo":
         s = run_demo(steps=args.steps, beta=args.beta, loss_type=args.loss_type, learning_rate=args.lr,
                      batch_size=args.batch_size, samples=args.samples, out=args.out, seed=args.seed)

@@ -88,7 +88,7 @@ class DPOConfig:
                               "now applies on a CPU too (before: on a GPU only). Set mixed_precision=None for the old behaviour")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
-        if unknown: raise ValueError(f"unknown DPOConfig settings: {sorted(unknown)}; known: {sorted(known)}")
+        if unknown: raise ConfigError(f"unknown DPOConfig settings: {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
 
 # %% ../nbs/03_train.ipynb #c070cfa4

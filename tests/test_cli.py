@@ -53,8 +53,7 @@ def test_train_reads_a_config_file_and_flags_win(local, tmp_path):
     assert h.meta["beta"] == 0.3 and len(h.steps) == 3
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(dict(betta=0.1)))
-    with pytest.raises(ValueError, match="unknown DPOConfig settings: \\['betta'\\]"):
-        main(["train", "--model", str(local / "model"), "--data", str(local / "data"), "--out", str(out), "--config", str(bad)])
+    assert main(["train", "--model", str(local / "model"), "--data", str(local / "data"), "--out", str(out), "--config", str(bad)]) == 2
 
 
 def test_report_rerenders_a_finished_run(local, tmp_path):
@@ -110,3 +109,31 @@ def test_train_qlora_saves_the_adapter(local, tmp_path):
     assert (out / "model" / "adapter_config.json").exists() and not (out / "model" / "model.safetensors").exists()
     cfg = json.loads((out / "model" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(local / "model")
+
+
+USER_ERRORS = [  # (arguments, what the one line must say)
+    (["train", "--model", "{model}", "--data", "{tmp}/missing.jsonl"], "no such file: {tmp}/missing.jsonl"),
+    (["train", "--model", "nobody/no-such-model", "--data", "{tmp}/missing.jsonl"], "no such file"),  # data before the model
+    (["train", "--model", "{tmp}/no_model", "--data", "{data}"], "--model {tmp}/no_model: no such folder"),
+    (["train", "--model", "{model}", "--data", "{data}", "--ref", "./no_ref"], "--ref ./no_ref: no such folder"),
+    (["train", "--model", "{model}", "--data", "{data}", "--loss-type", "sigmoidd"], "DPOConfig.loss_type='sigmoidd': choose one of"),
+    (["train", "--model", "{model}", "--data", "{data}", "--max-grad-norm", "-1"], "DPOConfig.max_grad_norm=-1.0"),
+    (["train", "--model", "{model}", "--data", "{tmp}/bad.jsonl"], "line 2: not valid JSON"),
+    (["demo", "--loss-type", "nope", "--out", "{tmp}/demo"], "DPOConfig.loss_type='nope'"),
+    (["report", "{tmp}/no_run"], "neither it nor {tmp}/no_run/history holds a saved History"),
+]
+
+
+@pytest.mark.parametrize("argv,message", USER_ERRORS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in USER_ERRORS])
+def test_user_errors_are_one_line_and_exit_2(local, tmp_path, capsys, argv, message):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": oops}\n')
+    fill = lambda x: x.format(model=local / "model", data=local / "data", tmp=tmp_path)
+    assert main([fill(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dpo-nb {argv[0]}: error: ") and fill(message) in err[0], err
+
+
+def test_the_command_prints_no_traceback_for_a_user_error(tmp_path):
+    r = subprocess.run(["dpo-nb", "train", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "no such folder" in r.stderr
