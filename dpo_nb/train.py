@@ -295,7 +295,7 @@ class DPOTrainer:
                  tokenizer,  # its tokenizer
                  train_data,  # training pairs: anything `load_preferences` takes, or `tokenize_pairs` output
                  config: DPOConfig | None = None,  # settings (defaults if None)
-                 ref_model=None,  # a frozen reference model; None: precomputed (or adapters disabled, for peft)
+                 ref_model=None,  # a frozen reference model; None: precomputed (peft: adapters off, or a copy of the starting adapter)
                  eval_data=None,  # held-out pairs, scored before, during and after training
                  callbacks: list | None = None,  # objects with on_step_end / on_evaluate / on_fit_end
                  history: History | None = None,  # continue writing into this History

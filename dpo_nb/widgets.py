@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 import ipywidgets as W
 from IPython import get_ipython
 from IPython.display import display
+from .models import REF_ADAPTER, is_peft, reference_adapter
 from .history import History, DEFINITIONS, STEP_COLUMNS, EVAL_COLUMNS
 from .plots import (TEMPLATE, QUADRANTS, empty_figure, default_split, plot_training_curves, plot_kl,
                           plot_margin_change, plot_displacement)
@@ -355,10 +356,13 @@ class Run:
 
     @contextlib.contextmanager
     def reference(self):
-        "The reference model (or the policy with its adapters disabled); None when the run only cached reference log-probs"
+        "The reference model (or the peft policy as it started: its adapters off, or its frozen starting adapter); None when the run only cached reference log-probs"
         if self.ref_model is not None: yield self.ref_model
-        elif self.model is not None and hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config"):
-            with self.model.disable_adapter(): yield self.model
+        elif self.model is not None and is_peft(self.model):
+            if REF_ADAPTER in self.model.peft_config:  # the trainer kept a copy of the starting adapter (02b_models)
+                with reference_adapter(self.model): yield self.model
+            else:
+                with self.model.disable_adapter(): yield self.model
         else: yield None
 
     def recorded_steps(self, split: str, pair_id: int) -> list:

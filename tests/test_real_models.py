@@ -341,6 +341,19 @@ def test_precompute_ref_gives_the_same_losses_without_a_reference_forward_per_st
     np.testing.assert_allclose(runs[1], runs[0], atol=1e-6, rtol=0)
 
 
+def test_widgets_rescore_against_the_starting_adapter(tok):
+    "A widget's Run on an adapter_copy trainer scores the reference through the frozen copy, not with the adapters off."
+    from dpo_nb.widgets import Run
+    t = DPOTrainer(sft_adapter(), tok, TRAIN, cfg(max_steps=3, learning_rate=3e-2))
+    b = t.collate([t.train_data[i] for i in range(4)])
+    t.model.eval()
+    with torch.no_grad(): start = concat_response_logps(t.model, b)["chosen_logps"]
+    t.fit()
+    t.model.eval()
+    with torch.no_grad(), Run(t).reference() as ref: got = concat_response_logps(ref, b)["chosen_logps"]
+    torch.testing.assert_close(got, start)
+
+
 def test_adapter_copy_resumes_exactly(tok, tmp_path, saved_llama):
     base = lambda: tf.AutoModelForCausalLM.from_pretrained(saved_llama, attn_implementation="eager")  # a named base, as from the Hub
     straight = DPOTrainer(sft_adapter(base=base()), tok, TRAIN, cfg(max_steps=6))
