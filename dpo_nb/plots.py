@@ -14,9 +14,9 @@ from plotly.subplots import make_subplots
 from .history import History, DEFINITIONS, KL_METHODS
 
 # %% auto #0
-__all__ = ['TEMPLATE', 'QUADRANTS', 'REWARD_KEYS', 'empty_figure', 'default_split', 'plot_training_curves', 'reward_quantiles',
-           'plot_reward_distributions', 'plot_kl', 'plot_margin_change', 'quadrant_counts', 'plot_displacement',
-           'plot_token_heatmap', 'frontier_points', 'pareto_front', 'plot_frontier']
+__all__ = ['TEMPLATE', 'QUADRANTS', 'NO_PROBE_TOKENS', 'REWARD_KEYS', 'empty_figure', 'default_split', 'plot_training_curves',
+           'reward_quantiles', 'plot_reward_distributions', 'plot_kl', 'plot_margin_change', 'quadrant_counts',
+           'plot_displacement', 'plot_token_heatmap', 'frontier_points', 'pareto_front', 'plot_frontier']
 
 # %% ../nbs/05_plots.ipynb #3fe0b501
 _AXIS = dict(gridcolor="#ececec", zerolinecolor="#cfcfcf", linecolor="#9a9a9a", showline=True, ticks="outside", tickcolor="#9a9a9a")
@@ -99,7 +99,7 @@ def plot_training_curves(h: History,        # the run
                 if c not in df.columns or df[c].isna().all(): continue
                 d = df[["step", c]].dropna()
                 fig.add_trace(go.Scatter(x=d["step"].to_numpy(), y=d[c].to_numpy(), name=c if kind == "train" else f"eval {c}",
-                                         mode="lines" if kind == "train" else "lines+markers", legendgroup=c,
+                                         mode="lines" if kind == "train" and len(d) > 1 else "lines+markers", legendgroup=c,
                                          line=dict(color=colour, dash="solid" if kind == "train" else "dash"),
                                          hovertemplate=f"{kind} {c}<br>step %{{x}}<br>%{{y:.4g}}<br><i>{_wrap(html.escape(defn))}</i><extra></extra>"),
                               row=row, col=col)
@@ -186,8 +186,9 @@ def plot_kl(h: History) -> go.Figure:
     k = h.kl
     title = "KL(π ‖ π_ref) drift"
     if not len(k):
-        return empty_figure(title, "no KL estimates logged.<br>'sampled' needs held-out prompts to sample from;"
-                                   "<br>'token_exact' needs the reference model's logits (History.log_kl)")
+        return empty_figure(title, "no KL estimates logged.<br>DPOTrainer estimates KL before and after fit, and every "
+                                   "DPOConfig(kl_every=k) steps,<br>only with a reference model to compare with (ref_model=, "
+                                   "or peft adapters)")
     fig = go.Figure()
     methods = list(pd.unique(k["method"]))
     units = {m: "nats per token" if m == "token_exact" else "nats per sequence" for m in methods}
@@ -311,6 +312,10 @@ def plot_displacement(h: History,               # the run
     return fig.update_layout(template=TEMPLATE)
 
 # %% ../nbs/05_plots.ipynb #daf45e29
+NO_PROBE_TOKENS = ("no probe tokens were recorded in this run: set DPOConfig(probe_pairs=n, probe_every=k) to re-score "
+                   "n pairs token by token every k steps (History.log_tokens)")
+_NO_PROBES_FIG = NO_PROBE_TOKENS.replace(": set", ".<br>Set", 1).replace(" n pairs", "<br>n pairs", 1)  # in lines, for a figure
+
 def _token_grid(t: pd.DataFrame, wrap: int):
     "z, text and customdata grids [rows, wrap] of one response's tokens"
     L = len(t); rows = max(1, -(-L // wrap))
@@ -333,15 +338,14 @@ def plot_token_heatmap(h: History,                  # the run
     probes = h.probe_ids()
     if pair_id is None:
         if not probes:
-            return empty_figure("Per-token log-ratio", "no probe pairs logged: the trainer re-scores a few probe pairs token by token "
-                                                       "every k steps (History.log_tokens)")
+            return empty_figure("Per-token log-ratio", _NO_PROBES_FIG)
         pair_id = probes[0]
     title = f"Pair {pair_id}: per-token log π − log π_ref"
     t = h.token_frame(pair_id, step)
     if not len(t):
         steps = sorted(h.tokens.query("pair_id == @pair_id")["step"].unique().tolist())
         why = (f"pair {pair_id} has no token records at step {step}; it has them at steps {steps}" if steps else
-               f"pair {pair_id} has no token records; probe pairs: {probes if probes else 'none'}")
+               f"pair {pair_id} has no token records; probe pairs: {probes}" if probes else _NO_PROBES_FIG)
         return empty_figure(title, why)
     step = int(t["step"].iloc[0])
     sides = [s for s in ("chosen", "rejected") if (t["side"] == s).any()]
@@ -428,8 +432,9 @@ def plot_frontier(runs,                          # a History, a list or dict of 
     if len(ex) and not {"kl", "reward"} <= set(ex.columns): raise ValueError("plot_frontier: extra points need fields 'kl' and 'reward'")
     title = "Reward vs KL from the reference"
     if not len(pts) and not len(ex):
-        return empty_figure(title, "no run has both a reward and a KL at the same step.<br>Log a reward of policy samples on held-out "
-                                   "prompts with log_eval(step, gold_reward=...)<br>and a KL with log_kl(step, 'sampled', ...)")
+        return empty_figure(title, "no run has both a reward and a KL at the same step.<br>DPOTrainer(reward_fn=...) with a reference "
+                                   "model logs both at each KL estimate;<br>by hand: log_eval(step, gold_reward=...) and "
+                                   "log_kl(step, 'sampled', ...)")
     fig = go.Figure()
     method = pts["kl_method"].dropna().unique().tolist() if "kl_method" in pts.columns else []
     rkey = pts["reward_key"].dropna().unique().tolist() if "reward_key" in pts.columns else []

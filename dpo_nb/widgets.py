@@ -18,7 +18,7 @@ from IPython import get_ipython
 from IPython.display import display
 from .models import REF_ADAPTER, is_peft, reference_adapter
 from .history import History, DEFINITIONS, STEP_COLUMNS, EVAL_COLUMNS
-from .plots import (TEMPLATE, QUADRANTS, empty_figure, default_split, plot_training_curves, plot_kl,
+from .plots import (TEMPLATE, QUADRANTS, NO_PROBE_TOKENS, empty_figure, default_split, plot_training_curves, plot_kl,
                           plot_margin_change, plot_displacement)
 
 # %% auto #0
@@ -133,6 +133,18 @@ def sync_figure(fw,            # a `go.FigureWidget` on screen
 
 # %% ../nbs/06_widgets.ipynb #108de8a9
 _CSS_MUTED = "color:#666;font-size:0.9em"
+_WHY = {  # what a widget shows in place of something the run did not record, and the setting that records it
+    "steps": "no optimizer step logged yet: DPOTrainer.fit() logs one per step (History.log_step)",
+    "pairs": ("no pair was scored in this run: DPOTrainer records its training pairs with DPOConfig(track_pairs=True) and "
+              "its evaluation pairs when given eval_data= (History.log_pairs)"),
+    "tokens": NO_PROBE_TOKENS + "; or attach the trainer, or pass model=, ref_model=, tokenizer=, to compute them for any pair",
+    "texts": "no texts were recorded in this run (DPOTrainer records them; by hand, History.add_texts)",
+}
+
+def _lines(text: str, width: int = 72) -> str:
+    "`text` broken into lines for a figure annotation (plotly does not wrap them)"
+    import textwrap
+    return "<br>".join(textwrap.wrap(text, width))
 
 def _plain_text(h: str, n: int = 160) -> str:
     "An HTML block as one line of text (for terminals)"
@@ -182,7 +194,8 @@ class WidgetApp:
 
     def _static_bundle(self, name) -> dict:
         if name in self.figures: return figure_bundle(self.figures[name])
-        return {"text/html": self.html[name], "text/plain": _plain_text(self.html[name]) or f"<{type(self).__name__} {name}>"}
+        h = self.html.get(name, "")  # a slot never set shows nothing, and never raises
+        return {"text/html": h, "text/plain": _plain_text(h) or f"<{type(self).__name__} {name}>"}
 
     def fig_view(self, name):
         "The live view of figure `name`: the FigureWidget itself, or an Output that redraws it"
@@ -210,7 +223,7 @@ class WidgetApp:
 
     def to_html(self) -> str:
         "The static form as one HTML fragment (figures load plotly.js from its CDN)"
-        parts = [self.html[n] if k == "html" else figure_html(self.figures[n]) for k, n in self._items()]
+        parts = [self.html.get(n, "") if k == "html" else figure_html(self.figures[n]) for k, n in self._items() if k == "html" or n in self.figures]
         parts += [c.to_html() for c in self._children()]
         return f'<div class="{self._css} dpo-static">' + "\n".join(parts) + "</div>"
 
@@ -537,6 +550,8 @@ def _curves_skeleton(evals: bool) -> go.Figure:
     if evals: fake.log_eval(1, **{c: 0.0 for c in EVAL_COLUMNS if c != "step"})
     fig = plot_training_curves(fake, evals=evals)
     for tr in fig.data: tr.x, tr.y = [], []
+    fig.add_annotation(name="no-data", text=_lines(_WHY["steps"]), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=13), bgcolor="rgba(255,255,255,0.85)")  # removed as soon as a curve has a point
     return fig
 
 def _curve_names(evals: bool) -> list:
@@ -609,6 +624,10 @@ class TrainingDashboard(WidgetApp):
                 x, y = data.get(name, empty)
                 tr.x, tr.y = x, y
                 if tr.showlegend != bool(len(x)): tr.showlegend = bool(len(x))
+                mode = "lines+markers" if name.startswith("eval ") or len(x) == 1 else "lines"  # a line through one point draws nothing
+                if tr.mode != mode: tr.mode = mode
+            if data and any(a.name == "no-data" for a in fig.layout.annotations):  # the first point: the note goes
+                fig.layout.annotations = [a for a in fig.layout.annotations if a.name != "no-data"]
             a = self.smooth_w.value
             fig.layout.title.text = self._title + (f" · per-step curves EMA-smoothed ({a:.2f})" if a > 0 and len(s) else "")
         return True
@@ -753,7 +772,8 @@ def fill_pair_trajectory(fig,            # a figure from `plot_pair_trajectory` 
             tr.x, tr.y = x, (t[col].to_numpy(float) if col in t.columns else np.full(len(x), np.nan))
         fig.layout.title.text = f"Pair {pair_id} ({split}): rewards, margin and gradient weight at each scoring"
         fig.layout.meta = {"pair_id": int(pair_id), "split": split, "scorings": len(t)}
-        fig.layout.annotations = [] if len(t) else [dict(text=f"pair {pair_id} was never scored in split {split!r}", x=0.5, y=0.6,
+        why = f"pair {pair_id} was never scored in split {split!r}" if len(h.pairs) else _lines(_WHY["pairs"])
+        fig.layout.annotations = [] if len(t) else [dict(text=why, x=0.5, y=0.6,
                                                         xref="paper", yref="paper", showarrow=False, font=dict(size=13))]
     return fig
 
@@ -986,7 +1006,7 @@ class PairInspector(WidgetApp):
         key = f"{split}:{pid}"
         if pid not in mc.index:
             known = self.run.row(split, pid) is not None or bool(self.run.history.text(pid, split))
-            msg = "not scored yet" if known else f"no pair {pid} in split {split!r}"
+            msg = ("not scored yet" if known else f"no pair {pid} in split {split!r}") if len(self.run.history.pairs) else _WHY["pairs"]
             return f'<div class="dpo-head" data-pair="{key}"><b>pair {pid}</b> · {split} · <span style="color:#a60">{msg}</span></div>'
         r = mc.loc[pid]
         first, last = int(r["step_first"]), int(r["step_latest"])
@@ -1011,6 +1031,8 @@ class PairInspector(WidgetApp):
         t = self.run.history.text(self.pair_id, self.split)
         body = "".join(f'<div class="dpo-row" data-side="{k}"><b>{k}</b> <span style="white-space:pre-wrap">{html.escape(str(t.get(k, "")))}</span></div>'
                        for k in ("prompt", "chosen", "rejected")) if t else ""
+        if not t and not len(self.run.history.texts) and self.run.row(self.split, self.pair_id) is None:
+            body = f'<div style="{_CSS_MUTED}">{html.escape(_WHY["texts"])}</div>'
         return (f'<div class="dpo-tokens dpo-text-only" data-pair="{self.split}:{self.pair_id}">'
                 f'<div style="color:#a60">{html.escape(why)}</div>{body}</div>')
 
@@ -1028,6 +1050,7 @@ class PairInspector(WidgetApp):
                 t, src = run.history.token_frame(self.pair_id, v), f"recorded at step {v} (probe pair)"
             else:
                 probes = run.history.probe_ids()
+                if not probes: return self._text_only(_WHY["tokens"])
                 return self._text_only(f"token log-probs are recorded for probe pairs only (pairs {probes} of split "
                                        f"{run.probe_split()!r}); attach a trainer, or pass model=, ref_model=, tokenizer= "
                                        "to compute them for any pair")
@@ -1122,7 +1145,9 @@ class MarginExplorer(WidgetApp):
     def _counts_html(self) -> str:
         mc, split = self.changes, self.split_w.value
         n = len(mc)
-        if not n: return f'<div class="dpo-counts" data-n="0" style="{_CSS_MUTED}">no {split!r} pair was scored at two steps in this window</div>'
+        if not n:
+            why = (f"no {split!r} pair was scored at two steps in this window" if len(self.run.history.pairs) else _WHY["pairs"])
+            return f'<div class="dpo-counts" data-n="0" style="{_CSS_MUTED}">{html.escape(why, False)}</div>'
         masks = _quadrant_masks(mc["delta_chosen_logps"], mc["delta_rejected_logps"])
         rows = "".join(f'<tr data-quadrant="{html.escape(q)}"><td>{html.escape(q)}</td><td style="text-align:right">{int(m.sum())}</td>'
                        f'<td style="text-align:right">{m.mean():.0%}</td><td>{html.escape(QUADRANTS[q])}</td></tr>' for q, m in masks.items())
@@ -1210,11 +1235,12 @@ def replay_losses(pairs: pd.DataFrame,        # rows with pair_id and the four l
 # %% ../nbs/06_widgets.ipynb #fba309ea
 def plot_replay(df: pd.DataFrame,   # `replay_losses` output, with the run's own scoring as columns `loss_run`, `weight_chosen_run`
                 run_label: str,     # e.g. "run: sigmoid, β=0.1"
-                new_label: str      # e.g. "replay: hinge, β=0.3"
+                new_label: str,     # e.g. "replay: hinge, β=0.3"
+                why: str = "no pair with the four log-probs scored at this step" # shown when `df` is empty
                ) -> go.Figure:
     "Gradient weight and loss of each pair against h_w − h_l, under the run's settings and the replayed ones"
     title = "Replay over cached log-probs"
-    if not len(df): return empty_figure(title, "no pair with the four log-probs scored at this step")
+    if not len(df): return empty_figure(title, _lines(why))
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=["gradient weight per pair (push ÷ β)", "loss per pair"])
     o = np.argsort(df["log_ratio_diff"].to_numpy(), kind="stable")
@@ -1336,7 +1362,12 @@ class WhatIf(WidgetApp):
             row = self.run.row(split, pair_id)
             if row is not None: t = {k: row.get(f"{k}_text", "") for k in ("prompt", "chosen", "rejected")}
         if not t:
-            self.set_html("scores", f'<div class="dpo-scores" style="color:#a60">no pair {pair_id} with texts in split {split!r}</div>')
+            h = self.run.history
+            why = (_WHY["pairs"] if not len(h.pairs) and not len(h.texts) else f"no pair {pair_id} with texts in split {split!r}"
+                   + ("" if len(h.texts) or self.run.dataset(split) is not None else f": {_WHY['texts']}"))
+            why += "; type a pair above to score it" if self.run.can_score else ""
+            self.set_html("scores", f'<div class="dpo-scores" style="color:#a60">{html.escape(why, False)}</div>')
+            self.set_html("tokens", "")
             return self
         self.original = dict(pair_id=int(pair_id), split=split, **{k: str(t[k]) for k in ("prompt", "chosen", "rejected")})
         self.original_result = None
@@ -1499,9 +1530,18 @@ class WhatIf(WidgetApp):
             new = new.merge(old.rename(columns=lambda c: c if c == "pair_id" else f"{c}_run"), on="pair_id", how="left")
         except ValueError: pass
         self.replayed = new
-        self.set_figure("replay", plot_replay(new, run_label, new_label))
-        self.set_html("replay_summary", self._replay_html(new, run_label, new_label, split, step))
+        why = self._why_no_replay(rows, split, step) if not len(new) else ""
+        self.set_figure("replay", plot_replay(new, run_label, new_label, why=why))
+        self.set_html("replay_summary", self._replay_html(new, run_label, new_label, split, step) if len(new) else
+                      f'<div class="dpo-replay" data-pairs="0" style="color:#a60">{html.escape(why, False)}</div>')
         return self
+
+    def _why_no_replay(self, rows, split, step) -> str:
+        "Why there is nothing to replay"
+        if not len(self.run.history.pairs): return _WHY["pairs"]
+        at = "" if step == -1 else f" at step {step}"
+        if not len(rows): return f"no {split!r} pair was scored{at}: nothing to replay"
+        return f"no {split!r} pair{' scored' + at if at else ''} has all four log-probs (policy and reference, chosen and rejected): nothing to replay"
 
     def _replay_html(self, d, run_label, new_label, split, step) -> str:
         n = len(d)
