@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import PreferenceDataError, load_preferences
-from .history import History
+from .data import PreferenceDataError, load_preferences, split_pairs, tokenize_pairs
+from .history import CheckpointError, History
 from .models import DTYPES, REF_ADAPTER, is_peft, load_model
 from .report import report_from_dir, write_report
 from .toy import load_toy, mean_reward, sample_completions
@@ -76,7 +76,7 @@ def run_demo(steps: int = DEMO_DEFAULTS["steps"], beta: float = DEMO_DEFAULTS["b
     out = Path(out)
     hist.meta["summary"] = summary
     write_report(hist, out, summary=summary, title=f"dpo_nb demo: {loss_type}, beta={beta}",
-                 data_report=getattr(trainer.train_data, "report", None))  # also writes summary.json
+)  # also writes summary.json; the data section comes from the History
     torch.set_num_threads(threads)
     return summary
 
@@ -114,10 +114,12 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     for flag, name in (("--model", model), ("--ref", ref)): _check_local(flag, name)
     train = load_preferences(data, split=split)  # the data first: a bad file is found before a model is loaded
     if eval_data: ev = load_preferences(eval_data, split=eval_split)
-    elif eval_fraction and len(train) >= 20:
-        parts = train.train_test_split(test_size=eval_fraction, seed=cfg.seed)
-        train, ev = parts["train"], parts["test"]
+    elif eval_fraction and len(train) >= 20: train, ev = split_pairs(train, eval_fraction, cfg.seed)  # each keeps its report
     else: ev = None
+    from transformers import AutoTokenizer  # tokenized before the model loads too: a row the chat template refuses stops here
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    train, ev = (tokenize_pairs(d, tok, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length) if d is not None
+                 else None for d in (train, ev))
     how = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     policy, tok = load_model(model, load_in_4bit=load_in_4bit, device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing, **how)
     loaded = next(p.dtype for p in policy.parameters() if p.is_floating_point())
@@ -135,8 +137,7 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     final.save_pretrained(out / "model"); tok.save_pretrained(out / "model")
     last = hist.evals.iloc[-1].to_dict() if len(hist.evals) else hist.steps.iloc[-1].to_dict()
     summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in last.items()}
-    write_report(hist, out, summary=summary, title=f"dpo_nb: {model} on {data}",
-                 data_report=getattr(trainer.train_data, "report", None))  # also writes summary.json
+    write_report(hist, out, summary=summary, title=f"dpo_nb: {model} on {data}")  # also writes summary.json
     return out
 
 # %% ../nbs/09_cli.ipynb #ddcd4dc9
@@ -188,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = (ConfigError, PreferenceDataError, OSError)  # a bad setting, bad data, a missing file or folder, an unreachable Hub
+USER_ERRORS = (ConfigError, PreferenceDataError, CheckpointError, OSError)  # a bad setting, bad data, a damaged checkpoint, a missing file or folder, an unreachable Hub
 
 
 def main(argv: list[str] | None = None) -> int:

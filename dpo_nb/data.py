@@ -6,17 +6,20 @@ Docs: https://dpo-nb.github.io/dpo_nb/data.html.md"""
 
 # %% auto #0
 __all__ = ['REASONS', 'FORMATS', 'PreferenceDataError', 'PreferenceTypeError', 'DataWarning', 'Issue', 'DataReport',
-           'split_implicit', 'split_conversation', 'load_preferences', 'train_bpe_tokenizer', 'pad_id',
-           'tokenize_pairs', 'PairCollator', 'token_table', 'decode_masked']
+           'data_report', 'split_implicit', 'split_conversation', 'load_preferences', 'split_pairs',
+           'train_bpe_tokenizer', 'pad_id', 'tokenize_pairs', 'PairCollator', 'token_table', 'decode_masked']
 
 # %% ../nbs/00_data.ipynb #76cf9834
 import ast
+import csv
 import gzip
 import io
 import json
 import logging
 import math
+import unicodedata
 import warnings
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +35,21 @@ from datasets import Dataset, DatasetDict, Features, Value
 REASONS = {
     # drops at load time
     'non_text': "None, NaN or a missing key where text is needed",
-    'empty_prompt': "the prompt is empty or only whitespace",
-    'empty_response': "a response is empty or only whitespace",
+    'empty_prompt': "the prompt is empty, whitespace or only invisible characters (zero-width, format, control)",
+    'empty_response': "a response is empty, whitespace or only invisible characters (zero-width, format, control)",
     'identical': "chosen == rejected: there is nothing to prefer",
     'no_shared_prompt': "chosen and rejected share no prompt (no shared assistant turn marker / leading turns)",
+    'prompt_ends_with_assistant': "the prompt's last turn is an assistant turn: each response would start by closing it (a second EOS)",
+    'duplicate': "the same prompt, chosen and rejected as an earlier row: it counts twice (flagged; dropped with duplicates='drop')",
+    # flags at load time
+    'reversed_duplicate': "an earlier row has the same prompt with chosen and rejected swapped: the two pull in opposite directions",
     # flags (or drops with later_turns='drop') at load time
     'later_turns': "a response holds later turns; they stay in the response",
     'parted_early': "chosen and rejected part ways before the last assistant turn; prompt = up to the last shared one",
     # drops at tokenization
     'template_mismatch': "the chat template's full conversation does not start with its rendered prompt",
     'truncated_to_empty': "truncation left no token of a response",
+    'identical_tokens': "chosen and rejected are the same token ids (after truncation): the pair has no gradient",
     # flags at tokenization
     'prompt_truncated': "prompt cut from the left to max_prompt_length",
     'chosen_truncated': "chosen cut from the right (its EOS with it) to fit max_length",
@@ -70,6 +78,8 @@ class Issue:
     detail: str = ''  # what exactly, e.g. 'NaN' or 'removed 12 tokens'
 
 # %% ../nbs/00_data.ipynb #0026f9d3
+_WARN_FLAGS = ('later_turns', 'parted_early', 'duplicate', 'reversed_duplicate')  # flags worth a warning
+
 def _fmt_ids(ids, k=6):
     ids = list(ids)
     s = ', '.join(str(i) for i in ids[:k])
@@ -162,6 +172,17 @@ class DataReport:
         return DataReport(self.source, self.format_name, self.n_rows, self.n_kept, list(self.issues),
                           list(self.notes), list(self.warnings), dict(self.stats))
 
+    def to_dict(self) -> dict:
+        "A JSON-able dict (for `Dataset.info`, a History, a report file); `from_dict` reads it back."
+        d = {k: getattr(self, k) for k in ('source', 'format_name', 'n_rows', 'n_kept', 'notes', 'warnings', 'stats')}
+        return {**d, 'issues': [[i.stage, i.kind, i.reason, i.pair_id, i.field, i.detail] for i in self.issues]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'DataReport':
+        return cls(d.get('source', ''), d.get('format_name', ''), d.get('n_rows', 0), d.get('n_kept', 0),
+                   [Issue(*x) for x in d.get('issues', [])], list(d.get('notes', [])), list(d.get('warnings', [])),
+                   dict(d.get('stats', {})))
+
     def _warn(self, msg, stacklevel=3):
         self.warnings.append(msg)
         warnings.warn(msg, DataWarning, stacklevel=stacklevel)
@@ -169,7 +190,7 @@ class DataReport:
     def _warn_stage(self, stage, what):
         "Warn once per stage: how many pairs were dropped and why, and how many flagged."
         drops = [i for i in self.drops if i.stage == stage]
-        flags = [i for i in self.flags if i.stage == stage and i.reason in ('later_turns', 'parted_early')]
+        flags = [i for i in self.flags if i.stage == stage and i.reason in _WARN_FLAGS]
         def by_reason(issues):
             g = {}
             for i in issues: g.setdefault(i.reason, set()).add(i.pair_id)
@@ -179,6 +200,33 @@ class DataReport:
             self._warn(f"{what} dropped {n} of {self.n_kept + n} pairs: {by_reason(drops)}. See .report", 4)
         if flags:
             self._warn(f"{what} kept but flagged: {by_reason(flags)}. See .report", 4)
+
+# %% ../nbs/00_data.ipynb #b240ffce
+_INFO_TAG = 'dpo_nb.DataReport:'
+
+def _attach_report(ds, rep):
+    "Set `ds.report` and copy it into `ds.info.description`, which datasets' transforms and `save_to_disk` carry."
+    ds.report = rep
+    ds.info.description = _INFO_TAG + json.dumps(rep.to_dict())
+    return ds
+
+def data_report(ds) -> DataReport | None:
+    "The `DataReport` of pairs made by `load_preferences`/`tokenize_pairs`, also after select/shuffle/split/save_to_disk; else None."
+    rep = getattr(ds, 'report', None)
+    if not isinstance(rep, DataReport):
+        desc = getattr(getattr(ds, 'info', None), 'description', None) or ''
+        if not desc.startswith(_INFO_TAG): return None
+        rep = DataReport.from_dict(json.loads(desc[len(_INFO_TAG):]))
+    try: n = len(ds)
+    except TypeError: return rep  # an iterable dataset: no length to compare
+    if n == rep.n_kept: return rep
+    ids = set(ds['pair_id'])
+    sub = rep.copy()
+    sub.issues = [i for i in rep.issues if i.kind == 'drop' or i.pair_id in ids]
+    sub.notes.append(f"this dataset holds {n} of the {rep.n_kept} pairs kept (a select, filter or split of them): "
+                     "the drops are the whole source's, the flags this dataset's")
+    sub.n_kept = n
+    return sub
 
 # %% ../nbs/00_data.ipynb #81e0ef60
 _MISSING = object()  # a key absent from one row of a list of dicts
@@ -191,46 +239,83 @@ def _file_kind(path):
     if gz: sfx = sfx[:-1]
     return (_FILE_KINDS.get(sfx[-1]) if sfx else None), gz
 
-def _open_text(path, gz):
-    return gzip.open(path, 'rt', encoding='utf-8') if gz else open(path, encoding='utf-8')
+def _read_bytes(path, gz, where):
+    try:
+        if not gz: return Path(path).read_bytes()
+        with gzip.open(path, 'rb') as f: return f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise PreferenceDataError(f"{where}: not a readable gzip file ({e})") from None
 
-def _read_json_lines(f, where):
+def _decode(data: bytes, where) -> str:
+    "UTF-8 text (a leading byte-order mark dropped); bytes that are not UTF-8 are an error naming the line."
+    try: return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line, col = data.count(b'\n', 0, e.start) + 1, e.start - data.rfind(b'\n', 0, e.start)
+        raise PreferenceDataError(f"{where}, line {line}: not valid UTF-8 (byte {data[e.start:e.start + 1]!r} at column "
+                                  f"{col}); save the file as UTF-8") from None
+
+def _read_json_lines(text, where):
     rows = []
-    for ln, line in enumerate(f):
+    for ln, line in enumerate(text.split('\n')):  # not splitlines(): a JSON string may hold U+2028
         if not line.strip(): continue
-        try: rows.append(json.loads(line))
+        try: obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise PreferenceDataError(f"{where}, line {ln + 1}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise PreferenceTypeError(f"{where}, line {ln + 1}: expected a JSON object of the pair's fields, got {type(obj).__name__}")
+        rows.append(obj)
     return rows
 
+def _read_csv(text, sep, where):
+    """Columns of CSV/TSV text, as strings. Python's csv module rather than pandas: it gives the line of a
+    ragged row, which pandas pads with NaN (a short row) without a word."""
+    header, rows, limit = None, [], csv.field_size_limit()
+    reader = csv.reader(io.StringIO(text, newline=''), delimiter=sep)
+    csv.field_size_limit(2**31 - 1)  # the default (128 KiB) is less than a long answer
+    try:
+        for rec in reader:
+            if not rec or (len(rec) == 1 and not rec[0].strip()): continue  # a blank line
+            if header is None:
+                dup = [c for c, k in Counter(rec).items() if k > 1]
+                if dup: raise PreferenceDataError(f"{where}, line {reader.line_num}: the header names {dup} more than once")
+                header = rec; continue
+            if len(rec) != len(header):
+                raise PreferenceDataError(f"{where}, line {reader.line_num}: {len(rec)} fields, but the header has "
+                                          f"{len(header)} ({', '.join(header)}); a stray {sep!r} or an unclosed quote?")
+            rows.append(rec)
+    except csv.Error as e: raise PreferenceDataError(f"{where}, line {reader.line_num}: {e}") from None
+    finally: csv.field_size_limit(limit)
+    if header is None: raise PreferenceDataError(f"{where} is empty: no header row and no pairs")
+    if not rows: raise PreferenceDataError(f"{where} has a header ({', '.join(header)}) but no rows")
+    return {c: [r[j] for r in rows] for j, c in enumerate(header)}
+
 def _read_file(path, kind, gz):
-    "Read a file into `(rows or columns, description)`."
+    "Read a file into rows or columns; damage (bad bytes, bad JSON, ragged CSV) is an error naming the file and line."
     where = f"file {path}"
-    if kind == 'jsonl':
-        with _open_text(path, gz) as f: return _read_json_lines(f, where)
-    if kind == 'json':
-        with _open_text(path, gz) as f: text = f.read()
-        try: obj = json.loads(text)
-        except json.JSONDecodeError:  # `.json` files holding JSON lines are common (datasets reads them too)
-            return _read_json_lines(io.StringIO(text), where)
-        if isinstance(obj, dict):
-            lists = [k for k, v in obj.items() if isinstance(v, list)]
-            if len(lists) == 1 and obj[lists[0]] and isinstance(obj[lists[0]][0], dict): return obj[lists[0]]  # {"data": [rows]}
-            if obj and all(isinstance(v, list) for v in obj.values()): return obj  # {column: [values]}
-            raise PreferenceDataError(f"{where}: expected a list of rows, JSON lines, or {{column: [values]}}; "
-                                      f"found an object with keys {list(obj)[:10]}")
-        return obj
-    if kind in ('csv', 'tsv'):
-        df = pd.read_csv(path, sep='\t' if kind == 'tsv' else ',', dtype=str, keep_default_na=False,
-                         compression='gzip' if gz else None)
-        return {c: df[c].tolist() for c in df.columns}
     if kind == 'parquet':
-        import pyarrow.parquet as pq
-        if gz:
-            with gzip.open(path, 'rb') as f: table = pq.read_table(io.BytesIO(f.read()))
-        else: table = pq.read_table(path)
-        return table.to_pydict()
-    raise PreferenceDataError(f"{where}: unknown file type; use one of {sorted(_FILE_KINDS)} (optionally + .gz)")
+        import pyarrow as pa, pyarrow.parquet as pq
+        try: return pq.read_table(io.BytesIO(_read_bytes(path, gz, where)) if gz else path).to_pydict()
+        except (pa.ArrowException, OSError) as e:
+            raise PreferenceDataError(f"{where}: not a readable Parquet file ({e})") from None
+    if kind not in ('jsonl', 'json', 'csv', 'tsv'):
+        raise PreferenceDataError(f"{where}: unknown file type; use one of {sorted(_FILE_KINDS)} (optionally + .gz)")
+    text = _decode(_read_bytes(path, gz, where), where)
+    if kind in ('csv', 'tsv'): return _read_csv(text, '\t' if kind == 'tsv' else ',', where)
+    if kind == 'jsonl': return _read_json_lines(text, where)
+    try: obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if text.lstrip()[:1] == '[':  # one JSON document, broken
+            raise PreferenceDataError(f"{where}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        return _read_json_lines(text, where)  # `.json` files holding JSON lines are common (datasets reads them too)
+    if isinstance(obj, dict):
+        lists = [k for k, v in obj.items() if isinstance(v, list)]
+        if len(lists) == 1 and obj[lists[0]] and isinstance(obj[lists[0]][0], dict): return obj[lists[0]]  # {"data": [rows]}
+        if obj and all(isinstance(v, list) for v in obj.values()): return obj  # {column: [values]}
+        raise PreferenceDataError(f"{where}: expected a list of rows, JSON lines, or {{column: [values]}}; "
+                                  f"found an object with keys {list(obj)[:10]}")
+    if not isinstance(obj, list):
+        raise PreferenceDataError(f"{where}: expected a list of rows, JSON lines, or {{column: [values]}}; found a {type(obj).__name__}")
+    return obj
 
 def _pick_split(dd, split, what):
     "Choose one split of a (Iterable)DatasetDict, or say which exist."
@@ -394,8 +479,23 @@ def _messages(v, fld, prompt_ok=False):
         out.append({'role': _ROLE_ALIASES.get(role, role), 'content': content})
     return out
 
+# characters that draw nothing: whitespace, format (zero-width space and joiners, BOM, soft hyphen), controls,
+# variation selectors, and blank-looking letters (Hangul fillers, the braille blank)
+_INVISIBLE = set('\u034f\u115f\u1160\u2800\u3164\uffa0') | {chr(c) for c in (*range(0xfe00, 0xfe10), *range(0xe0100, 0xe01f0))}
+
+def _invisible(ch): return ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) in ('Cf', 'Cc', 'Zs', 'Zl', 'Zp')
+
+def _blank_text(s): return all(_invisible(ch) for ch in s)  # stops at the first visible character
+
 def _blank(v):
-    return (not v.strip()) if isinstance(v, str) else all(not m['content'].strip() for m in v)
+    return _blank_text(v) if isinstance(v, str) else all(_blank_text(m['content']) for m in v)
+
+def _blank_detail(v):
+    "Why a blank value is blank: its repr, or the invisible characters it is made of."
+    s = v if isinstance(v, str) else ''.join(m['content'] for m in v)
+    if not s.strip(): return _short(v)
+    seen = Counter(f"U+{ord(ch):04X}" for ch in s if not ch.isspace())
+    return 'only invisible characters: ' + ', '.join(f"{k} x{n}" for k, n in seen.most_common(5))
 
 # %% ../nbs/00_data.ipynb #af874e9f
 def _row_explicit(row, markers):
@@ -461,6 +561,11 @@ def _pair_ids(cols, n):
     if dup: raise PreferenceDataError(f"field 'pair_id': ids must be unique; repeated: {_fmt_ids(dup)}")
     return ids
 
+def _pair_key(pair):
+    "(key, key with chosen and rejected swapped) of a normalised pair, to find repeated pairs."
+    p, c, r = (x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in (pair['prompt'], pair['chosen'], pair['rejected']))
+    return (p, c, r), (p, r, c)
+
 def _row_name(i, pid): return f"row {i}" + (f" (pair_id {pid})" if pid != i else '')
 
 def _conv_feature():
@@ -492,6 +597,7 @@ def load_preferences(
     columns: dict | None = None,     # our name -> your column, e.g. {'prompt': 'question', 'chosen': 'response_j'}
     keep_columns: Sequence[str] = (),  # other source columns to carry through unchanged
     later_turns: str = 'keep',       # rows whose responses hold later turns: 'keep' (flagged) or 'drop'
+    duplicates: str = 'keep',        # rows repeating an earlier row's prompt, chosen and rejected: 'keep' (flagged) or 'drop'
     human_marker: str = "\n\nHuman:",          # implicit format: opens a user turn
     assistant_marker: str = "\n\nAssistant:",  # implicit format: opens an assistant turn; the prompt ends after the last shared one
     name: str | None = None,         # dataset config name, passed to `datasets.load_dataset`
@@ -501,8 +607,10 @@ def load_preferences(
     "Read preference pairs from any source into a `Dataset` with `pair_id`, `prompt`, `chosen`, `rejected`; see `.report`."
     if format_name not in (None, *FORMATS): raise ValueError(f"format_name must be one of {FORMATS} or None, not {format_name!r}")
     if later_turns not in ('keep', 'drop'): raise ValueError(f"later_turns must be 'keep' or 'drop', not {later_turns!r}")
+    if duplicates not in ('keep', 'drop'): raise ValueError(f"duplicates must be 'keep' or 'drop', not {duplicates!r}")
     raw, where, file_kind = _read_source(source, split, name, **load_kwargs)
     cols, n = _to_columns(raw)
+    if n == 0: raise PreferenceDataError(f"{'file ' + str(source) if isinstance(source, (str, Path)) and Path(source).expanduser().is_file() else where} holds no rows")
     if columns:
         for theirs in columns.values():
             if theirs not in cols: raise _missing_column_error(theirs, cols, format_name)
@@ -524,17 +632,27 @@ def load_preferences(
     row_fn, markers = _ROW_FNS[fmt], (human_marker, assistant_marker)
     names = [c for c in ('prompt', 'chosen', 'rejected') if c in cols]
     out = {k: [] for k in ('pair_id', 'prompt', 'chosen', 'rejected', *keep_columns)}
-    bad = []
+    bad, seen = [], {}
     for i in range(n):
         pid = ids[i]
         row = {c: cols[c][i] for c in names}
         try:
             pair, flags = row_fn(row, markers)
-            if _blank(pair['prompt']): raise _Drop('empty_prompt', 'prompt', _short(pair['prompt']))
+            if _blank(pair['prompt']): raise _Drop('empty_prompt', 'prompt', _blank_detail(pair['prompt']))
             for k in ('chosen', 'rejected'):
-                if _blank(pair[k]): raise _Drop('empty_response', k, _short(pair[k]))
+                if _blank(pair[k]): raise _Drop('empty_response', k, _blank_detail(pair[k]))
             if pair['chosen'] == pair['rejected']: raise _Drop('identical', 'chosen,rejected', 'same response')
+            if fmt == 'conversational' and pair['prompt'][-1]['role'] == 'assistant':
+                raise _Drop('prompt_ends_with_assistant', f"prompt[{len(pair['prompt']) - 1}]",
+                            f"last prompt turn {_short(pair['prompt'][-1]['content'])}: move it into the responses, "
+                            "or end the prompt with a user turn")
             if later_turns == 'drop' and flags.get('later_turns'): raise _Drop('later_turns', 'chosen,rejected', 'later_turns=drop')
+            key, rev = _pair_key(pair)
+            if key in seen:
+                if duplicates == 'drop': raise _Drop('duplicate', 'prompt,chosen,rejected', f"same as pair_id {seen[key]}")
+                rep.add('load', 'flag', 'duplicate', pid, 'prompt,chosen,rejected', f"same as pair_id {seen[key]}")
+            else: seen[key] = pid
+            if rev in seen: rep.add('load', 'flag', 'reversed_duplicate', pid, 'chosen,rejected', f"pair_id {seen[rev]} swaps them")
         except _Drop as d:
             rep.add('load', 'drop', d.reason, pid, d.field, d.detail); continue
         except _Bad as b:
@@ -559,8 +677,33 @@ def load_preferences(
                                                      for k in ('prompt', 'chosen', 'rejected')}})
     ds = Dataset.from_dict({k: out[k] for k in feats}, features=feats)
     for k in keep_columns: ds = ds.add_column(k, out[k])
-    ds.report, ds.format_name = rep, fmt
-    return ds
+    ds.format_name = fmt
+    return _attach_report(ds, rep)
+
+# %% ../nbs/00_data.ipynb #edea6e93
+def split_pairs(ds: Dataset,                 # output of `load_preferences`
+                test_size: float | int = 0.05, # fraction (or number) of the pairs to hold out
+                seed: int = 0,
+               ) -> tuple[Dataset, Dataset]:
+    "Split loaded pairs into (train, eval), each with its own `DataReport`: the source's drops on train, eval's origin on eval."
+    rep = data_report(ds)
+    if rep is None: raise PreferenceDataError("split_pairs: pass load_preferences output (these pairs carry no DataReport)")
+    parts = ds.train_test_split(test_size=test_size, seed=seed)
+    tr, ev = parts['train'], parts['test']
+    def part(d, source, n_rows, keep, note):
+        r, ids = rep.copy(), set(d['pair_id'])
+        r.source, r.n_rows, r.n_kept = source, n_rows, len(d)
+        r.issues = [i for i in rep.issues if (i.kind == 'drop' and keep) or i.pair_id in ids]
+        r.notes.append(note)
+        if not keep: r.warnings = []
+        return _attach_report(d, r)
+    held = sorted(ev['pair_id'])
+    part(tr, rep.source, rep.n_rows, True, f"{len(ev)} of the {len(ds)} pairs held out for evaluation (seed {seed}): "
+                                           f"pair_id {_fmt_ids(held, 8)}")
+    part(ev, f"{rep.source}, held out for evaluation", len(ev), False,
+         f"{len(ev)} of the {len(ds)} pairs kept from {rep.source} (seed {seed}); the source's "
+         f"{len(rep.dropped_ids)} dropped rows are in the training report")
+    return tr, ev
 
 # %% ../nbs/00_data.ipynb #e25d7447
 def train_bpe_tokenizer(texts: Iterable[str],        # training text
@@ -618,9 +761,9 @@ def _end_with_one_eos(ids, eos, tokenizer):
 def _render_conversation(tokenizer, prompt, responses, chat_template):
     "(prompt text, [response texts]) from a chat template, or raise _Drop('template_mismatch')."
     kw = dict(tokenize=False, chat_template=chat_template)
-    last = prompt[-1]['role'] if prompt else 'user'
-    p = tokenizer.apply_chat_template(prompt, add_generation_prompt=last != 'assistant',
-                                      continue_final_message=last == 'assistant', **kw)
+    if prompt and prompt[-1]['role'] == 'assistant':  # (load_preferences drops these; a hand-made Dataset may hold one)
+        raise _Drop('prompt_ends_with_assistant', f"prompt[{len(prompt) - 1}]", "each response would start by closing it")
+    p = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kw)
     outs = []
     for side, resp in zip(('chosen', 'rejected'), responses):
         full = tokenizer.apply_chat_template(prompt + resp, **kw)
@@ -629,6 +772,18 @@ def _render_conversation(tokenizer, prompt, responses, chat_template):
             raise _Drop('template_mismatch', side, f"renderings differ at char {k}: prompt {p[k:k+20]!r} vs full {full[k:k+20]!r}")
         outs.append(full[len(p):])
     return p, outs
+
+def _roles(p, c, r):
+    return ', '.join(f"{k} [{', '.join(m['role'] for m in v)}]" for k, v in (('prompt', p), ('chosen', c), ('rejected', r)))
+
+def _refused_error(refused, n, source):
+    lines = [f"pair_id {pid} ({roles}): {type(ex).__name__}: {ex}" for pid, roles, ex in refused[:10]]
+    more = f"\n  ... and {len(refused) - 10} more" if len(refused) > 10 else ''
+    err = PreferenceDataError(f"the chat template cannot render {len(refused)} of the {n} pairs of {source or 'the data'}:\n  "
+                              + '\n  '.join(lines) + more + "\nFix or drop these rows, or pass a chat_template=... that "
+                              "knows their roles")
+    err.__cause__ = refused[0][2]
+    return err
 
 def _merge_detail(tokenizer, sep, joint):
     "Where separate and joint tokenization first differ, as a few tokens of each."
@@ -655,28 +810,31 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
         if v is not None and (not isinstance(v, int) or v < 1): raise ValueError(f"{nm} must be a positive int or None, not {v!r}")
     if max_length is not None and max_prompt_length is not None and max_prompt_length > max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must not exceed max_length ({max_length})")
-    if not isinstance(data, Dataset) or not {'pair_id', 'prompt', 'chosen', 'rejected'} <= set(data.column_names):
+    if (not isinstance(data, Dataset) or not {'pair_id', 'prompt', 'chosen', 'rejected'} <= set(data.column_names)
+            or data_report(data) is None):  # pairs load_preferences has not checked: check them now
         data = load_preferences(data, warn=warn)
     eos = getattr(tokenizer, 'eos_token_id', None)
     if eos is None: raise PreferenceDataError("tokenizer has no EOS token (responses must end with one); set tokenizer.eos_token")
     f = data.features['prompt']
     conv = not (isinstance(f, Value) and f.dtype in ('string', 'large_string'))  # messages, not text
-    rep = data.report.copy() if isinstance(getattr(data, 'report', None), DataReport) else \
-        DataReport('Dataset', 'conversational' if conv else 'explicit', n_rows=len(data), n_kept=len(data))
+    rep = data_report(data).copy()
     fmt = getattr(data, 'format_name', rep.format_name)
     if conv and not (chat_template or getattr(tokenizer, 'chat_template', None)):
         raise PreferenceDataError("conversational pairs need a chat template: set tokenizer.chat_template or pass chat_template=...")
     cols = data.to_dict()
     n_in = len(cols['pair_id'])
     # 1. texts
-    keep, texts = [], []
+    keep, texts, refused = [], [], []
     for i in range(n_in):
         pid, p, c, r = (cols[k][i] for k in ('pair_id', 'prompt', 'chosen', 'rejected'))
         if conv:
             try: p, (c, r) = _render_conversation(tokenizer, p, (c, r), chat_template)
             except _Drop as d:
                 rep.add('tokenize', 'drop', d.reason, pid, d.field, d.detail); continue
+            except Exception as ex:  # the template refused the row (jinja's TemplateError, a KeyError, ...)
+                refused.append((pid, _roles(p, c, r), ex)); continue
         keep.append(i); texts.append((p, c, r))
+    if refused: raise _refused_error(refused, n_in, rep.source)
     P, C, R = (list(t) for t in zip(*texts)) if texts else ([], [], [])
     # 2. ids: separately, and jointly (for the boundary check)
     lead = _lead_ids(tokenizer)
@@ -708,6 +866,13 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
                         f"prompt uses {len(pt)} of max_length={max_length} tokens"); dropped = True; break
             row[f'{side}_ids'], row[f'{side}_truncated'], row[f'{side}_text'] = cut, len(ids) - len(cut), text
         if dropped: continue
+        if row['chosen_ids'] == row['rejected_ids']:
+            same = c_ids[j] == r_ids[j]
+            rep.add('tokenize', 'drop', 'identical_tokens', pid, 'chosen,rejected',
+                    f"the texts differ but tokenize alike ({len(c_ids[j])} tokens): characters the vocabulary maps to "
+                    "one token (unknown, case-folded, normalised)" if same else
+                    f"identical in their first {len(row['chosen_ids'])} tokens, which is all that max_length={max_length} keeps")
+            continue
         for k in ('prompt', 'chosen', 'rejected'):
             if row[f'{k}_truncated']: rep.add('tokenize', 'flag', f'{k}_truncated', pid, k, f"removed {row[f'{k}_truncated']} tokens")
         if merged: rep.add('tokenize', 'flag', 'boundary_merge', pid, ','.join(merged),
@@ -739,8 +904,8 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
                           boundary_merge=Value('bool'), prompt_text=Value('string'), chosen_text=Value('string'),
                           rejected_text=Value('string')))
     ds = Dataset.from_dict(out, features=feats)
-    ds.report, ds.format_name, ds.pad_token_id = rep, fmt, pad
-    return ds
+    ds.format_name, ds.pad_token_id = fmt, pad
+    return _attach_report(ds, rep)
 
 # %% ../nbs/00_data.ipynb #decade15
 class PairCollator:

@@ -14,7 +14,7 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DEFINITIONS', 'KL_METHODS', 'STEP_COLUMNS', 'EVAL_COLUMNS', 'PAIR_COLUMNS', 'TOKEN_COLUMNS', 'KL_COLUMNS',
-           'TEXT_COLUMNS', 'TABLES', 'to_numpy', 'History', 'synthetic_history']
+           'TEXT_COLUMNS', 'TABLES', 'to_numpy', 'History', 'CheckpointError', 'synthetic_history']
 
 # %% ../nbs/04_history.ipynb #e5605253
 DEFINITIONS = {
@@ -410,6 +410,7 @@ def add_texts(self: History,
     "Keep the prompt and responses of pairs, for hover text"
     if hasattr(data, "to_pandas"): data = data.to_pandas()
     df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+    if not len(df): return  # no pairs: nothing to keep (an empty list has no columns to check)
     if "split" not in df.columns and split is None: raise ValueError("add_texts: the data has no field 'split'; pass split=...")
     cols = {"pair_id": df["pair_id"].to_numpy().astype(np.int64) if "pair_id" in df.columns else None,
             "split": df["split"].astype(str).to_numpy(dtype=object) if "split" in df.columns else np.full(len(df), split, dtype=object)}
@@ -475,6 +476,15 @@ def summary(self: History) -> dict:
     return out
 
 # %% ../nbs/04_history.ipynb #d66971ec
+class CheckpointError(ValueError):
+    "A saved run (a `History` folder or a trainer checkpoint) that is damaged or does not fit: the message names the file."
+
+
+def _why(e: BaseException) -> str:
+    "The error class and the first line (or sentence) of what a reader library said: some say a paragraph."
+    line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {(line.split('. ')[0] if len(line) > 200 else line)[:200]}"
+
 @patch
 def save(self: History,
          path # a directory (created); existing tables in it are overwritten
@@ -484,23 +494,49 @@ def save(self: History,
     tables = {name: getattr(self, name) for name in TABLES}
     for name, df in tables.items(): df.to_parquet(path / f"{name}.parquet", index=False)
     info = {"format": "dpo_nb.history", "version": 1, "meta": _json_safe(self.meta),
-            "rows": {name: len(df) for name, df in tables.items()}}
-    (path / "meta.json").write_text(json.dumps(info, indent=2, allow_nan=False))
+            "rows": {name: len(df) for name, df in tables.items()}}  # the tables saved: `load` checks each is there, whole
+    (path / "meta.json").write_text(json.dumps(info, indent=2, allow_nan=False))  # last: no meta.json, no saved History
     return path
+
+
+def _read_meta(f: Path) -> dict:
+    "The contents of a History's meta.json, or a `CheckpointError` naming it and what is wrong."
+    try: info = json.loads(f.read_text())
+    except ValueError as e: raise CheckpointError(f"{f}: not valid JSON, cut short or garbled ({_why(e)})") from e
+    tag = info.get("format") if isinstance(info, dict) else None
+    if tag != "dpo_nb.history":
+        raise CheckpointError(f"{f}: format tag {tag!r}, expected 'dpo_nb.history': not a saved History's meta.json")
+    missing = [k for k in ("version", "meta") if k not in info]
+    if missing: raise CheckpointError(f"{f}: no {' or '.join(map(repr, missing))} entry")
+    if info["version"] != 1: raise CheckpointError(f"{f}: format version {info['version']!r}; this dpo_nb reads version 1")
+    rows = info.get("rows")
+    if not isinstance(info["meta"], dict) or not (rows is None or isinstance(rows, dict) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rows.values())):
+        raise CheckpointError(f"{f}: 'meta' must be an object and 'rows' an object of row counts")
+    return info
+
 
 @patch(cls_method=True)
 def load(cls: History,
          path # a directory written by `History.save`
         ) -> History:
-    "Reopen a saved history (needs pandas and pyarrow, not torch)"
+    "Reopen a saved history (needs pandas and pyarrow, not torch); a damaged one is a `CheckpointError` naming the file"
     path = Path(path)
     if not (path / "meta.json").exists(): raise FileNotFoundError(f"{path}: no meta.json, not a saved History")
-    info = json.loads((path / "meta.json").read_text())
-    h = cls(info.get("meta", {}))
+    info = _read_meta(path / "meta.json")
+    rows = info.get("rows")  # None: a meta.json that does not list its tables loads whatever is there
+    h = cls(info["meta"])
     for name in TABLES:
         f = path / f"{name}.parquet"
-        if not f.exists(): continue
-        df = pd.read_parquet(f)
+        listed = rows is not None and name in rows
+        if not f.exists():
+            if listed: raise CheckpointError(f"{f}: missing, but {path / 'meta.json'} lists the {name} table ({rows[name]} rows)")
+            continue
+        try: df = pd.read_parquet(f)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
+            raise CheckpointError(f"{f}: not a readable Parquet file, cut short or garbled ({_why(e)})") from e
+        if listed and len(df) != rows[name]:
+            raise CheckpointError(f"{f}: {len(df)} rows, but {path / 'meta.json'} says {rows[name]} were saved")
         if not len(df): continue
         if name in ("steps", "evals", "kl"): getattr(h, f"_{name}").extend(df.to_dict("records"))
         else: getattr(h, f"_{name}").append(_chunk_of(df))
@@ -561,7 +597,7 @@ def synthetic_history(n_pairs: int = 200,   # training pairs
         h.log_kl(s, "sampled", kl, n=64, note="synthetic")
         h.log_kl(s, "token_exact", kl / 30 * rng.uniform(0.8, 1.2), n=64 * 30, note="synthetic")
         pids = np.arange(n_probe)
-        score(s, "probe", pids, tc[s, pids], tr[s, pids], trc[pids], trr[pids])
+        if n_probe: score(s, "probe", pids, tc[s, pids], tr[s, pids], trc[pids], trr[pids])
         for i in pids:
             for side, (t, ref, w) in probe_tok[i].items():
                 ids_ = [vocab.setdefault(x, len(vocab)) for x in t]

@@ -11,12 +11,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
+from .data import DataReport
 from .history import History, DEFINITIONS, KL_METHODS, _json_safe
 from .plots import (plot_training_curves, plot_reward_distributions, plot_kl, plot_margin_change,
                           plot_displacement, plot_token_heatmap, plot_frontier)
 
 # %% auto #0
-__all__ = ['report_figures', 'summary_table', 'data_report_html', 'write_report', 'report_from_dir']
+__all__ = ['report_figures', 'summary_table', 'data_report_html', 'data_section_html', 'write_report', 'report_from_dir']
 
 # %% ../nbs/08_report.ipynb #e90d5f9b
 def report_figures(h: History,         # the run
@@ -66,16 +67,46 @@ def summary_table(summary: dict) -> str:
 
 class _Html(str): "HTML kept verbatim (a data report written by an earlier `write_report`)"
 
-def data_report_html(report) -> str:
-    "A data report (object with .to_frame(), DataFrame, or text) as HTML"
+def data_report_html(report, max_rows: int = 500) -> str:
+    "A data report (object with .to_frame(), DataFrame, or text) as HTML: its text, then every drop and up to `max_rows` flags"
     if report is None: return ""
     if isinstance(report, _Html): return str(report)
+    if isinstance(report, dict): report = DataReport.from_dict(report)
     if hasattr(report, "to_frame"):
-        text = str(report)
-        df = report.to_frame()
-        return (f"<pre>{html.escape(text)}</pre>" if text and not text.startswith("<") else "") + df.to_html(index=False, border=0, classes="data")
+        text, df = str(report), report.to_frame()
+        pre = f"<pre>{html.escape(text)}</pre>" if text and not text.startswith("<") else ""
+        if not len(df): return pre
+        if "kind" in df.columns:
+            drops, flags = df[df.kind == "drop"], df[df.kind != "drop"]
+            cut = f"<p>{len(flags) - max_rows} more flags are counted above and kept in history/meta.json.</p>" if len(flags) > max_rows else ""
+            df = pd.concat([drops, flags.head(max_rows)])
+            return pre + df.to_html(index=False, border=0, classes="data") + cut
+        return pre + df.to_html(index=False, border=0, classes="data")
     if isinstance(report, pd.DataFrame): return report.to_html(index=False, border=0, classes="data")
     return f"<pre>{html.escape(str(report))}</pre>"
+
+def _left_out_html(lo: dict | None) -> str:
+    if not lo: return ""
+    by = lo.get("left_out_by_epoch", {})
+    rows = "".join(f"<tr><th>epoch {html.escape(str(k))}</th><td>{html.escape(', '.join(map(str, v)) or '-')}</td></tr>" for k, v in by.items())
+    ids = lo.get("never_trained_ids", [])
+    more = f" (first {len(ids)} listed)" if len(ids) < lo.get("never_trained", 0) else ""
+    return (f"<p>Batches of {lo['batch_size']} over {lo['pairs']} pairs leave {lo['per_epoch']} out of every epoch; "
+            f"{lo['never_trained']} pair(s) are in no batch of the planned run{more}: "
+            f"{html.escape(', '.join(map(str, ids))) or 'none'}.</p>"
+            + (f'<table class="kv"><caption>left out, by epoch</caption>{rows}</table>' if rows else ""))
+
+def data_section_html(history: History, data_report=None, eval_data_report=None) -> str:
+    "The data section: training and evaluation reports (given, else the History's) and the pairs no batch holds"
+    kept = history.meta.get("data") or {}
+    parts = []
+    for name, given, key in (("Training pairs", data_report, "train"), ("Evaluation pairs", eval_data_report, "eval")):
+        r = data_report_html(given if given is not None else kept.get(key))
+        if r: parts.append(f"<h3>{name}</h3>{r}")
+        elif key == "eval" and parts and "data" in history.meta: parts.append(f"<h3>{name}</h3><p>no evaluation pairs</p>")
+    lo = _left_out_html(history.meta.get("left_out"))
+    if lo: parts.append(f"<h3>Pairs no batch holds</h3>{lo}")
+    return "".join(parts)
 
 # %% ../nbs/08_report.ipynb #70942d85
 _CSS = """
@@ -103,7 +134,8 @@ def write_report(history: History,          # the run
                  out_dir,                   # directory to write into (created)
                  summary: dict | None = None,# extra summary entries, shown after History.summary()'s
                  title: str = "DPO run report", # the page title
-                 data_report=None,          # the data loader's report (.to_frame(), DataFrame or text)
+                 data_report=None,          # the training data's report (DataReport, DataFrame or text); None: the History's
+                 eval_data_report=None,     # the evaluation data's report; None: the History's
                  max_probes: int = 3,       # token heat maps for at most this many probe pairs
                  save_history: bool = True  # also save the History under out_dir/history
                 ) -> Path:
@@ -118,11 +150,11 @@ def write_report(history: History,          # the run
                           config={"displaylogo": False, "responsive": True})
         parts.append(f'<section id="fig-{i}"><h2>{html.escape(heading)}</h2>'
                      + (f'<p class="cap">{html.escape(caption)}</p>' if caption else "") + div + "</section>")
-    dr = data_report_html(data_report)
+    dr = data_section_html(history, data_report, eval_data_report)
     if dr: (out / "data_report.html").write_text(dr, encoding="utf-8")
     if dr: parts.append(f'<section id="data"><h2>Data report</h2>{dr}</section>')
     parts.append(f'<section id="definitions"><h2>Definitions</h2>{_definitions_html()}</section>')
-    parts.append(f'<section id="meta"><h2>Run metadata</h2><pre>{html.escape(json.dumps(_json_safe(history.meta), indent=2))}</pre></section>')
+    parts.append(f'<section id="meta"><h2>Run metadata</h2><pre>{html.escape(json.dumps(_json_safe({k: v for k, v in history.meta.items() if k not in ("data", "left_out")}), indent=2))}</pre></section>')
     path = out / "report.html"
     path.write_text(_page(title, history.meta, parts), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summ, indent=2, allow_nan=False))
@@ -140,5 +172,7 @@ def report_from_dir(path,                 # a saved History, or a report directo
     out = Path(out_dir) if out_dir is not None else (hdir.parent if hdir.name == "history" and hdir != path else path)
     kwargs.setdefault("save_history", out != hdir.parent)
     dr = (hdir.parent if hdir.name == "history" else hdir) / "data_report.html"
-    if "data_report" not in kwargs and dr.exists(): kwargs["data_report"] = _Html(dr.read_text(encoding="utf-8"))
-    return write_report(History.load(hdir), out, **kwargs)
+    h = History.load(hdir)
+    if "data_report" not in kwargs and "data" not in h.meta and dr.exists():  # a History from before it kept its data reports
+        kwargs["data_report"] = _Html(dr.read_text(encoding="utf-8"))
+    return write_report(h, out, **kwargs)

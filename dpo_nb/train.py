@@ -7,7 +7,7 @@ Docs: https://dpo-nb.github.io/dpo_nb/train.html.md"""
 # %% ../nbs/03_train.ipynb #a3d068dd
 from __future__ import annotations
 
-import contextlib, hashlib, json, math, numbers, os, random, shutil, signal, tempfile, threading, time, warnings
+import contextlib, hashlib, json, math, numbers, os, pickle, random, shutil, signal, tempfile, threading, time, warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 import dpo_nb
-from .data import PairCollator, load_preferences, tokenize_pairs
-from .history import History
+from .data import DataWarning, PairCollator, _fmt_ids, data_report, tokenize_pairs
+from .history import CheckpointError, History, _why
 from .logps import model_device, response_logps, sequence_logps, token_kl
 from .loss import LOSS_TYPES, _check_label_smoothing, dpo_loss, gradient_weight
 from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
@@ -286,7 +286,8 @@ def _barrier(self):
 def _tokenized(data, tokenizer, cfg):
     "Tokenized pairs from any source (or as given, if already tokenized)."
     if hasattr(data, "column_names") and "chosen_ids" in data.column_names: return data
-    return tokenize_pairs(load_preferences(data), tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+    # `load_preferences` output goes in as it is: its report (every drop so far) goes on with it
+    return tokenize_pairs(data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
 
 
 class DPOTrainer:
@@ -314,15 +315,16 @@ class DPOTrainer:
         if self.dist is not None and self.device.type != "cpu": self.device = self.dist.device  # this process's GPU
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must divide evenly among the {self.world} processes")
+        self.train_data = _tokenized(train_data, tokenizer, cfg)  # the data first: a bad row is found before any model work
+        self.eval_data = _tokenized(eval_data, tokenizer, cfg) if eval_data is not None else None
+        self.data_report = data_report(self.train_data)
+        self.eval_data_report = data_report(self.eval_data) if self.eval_data is not None else None
         precision = self._prepare_models(model, ref_model, _ref_mode)
         if self.world > 1:  # every process starts from process 0's weights
             with torch.no_grad():
                 for t in self.model.state_dict().values(): torch.distributed.broadcast(t, src=0)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.train_data = _tokenized(train_data, tokenizer, cfg)
-        self.eval_data = _tokenized(eval_data, tokenizer, cfg) if eval_data is not None else None
-        self.data_report = getattr(self.train_data, "report", None)
         self.collate = PairCollator(tokenizer)
         self.lengths = ([len(p) + max(len(c), len(r)) for p, c, r in zip(self.train_data["prompt_ids"], self.train_data["chosen_ids"],
                                                                           self.train_data["rejected_ids"])]
@@ -340,6 +342,10 @@ class DPOTrainer:
         self.history.meta.update(dict(beta=cfg.beta, loss_type=cfg.loss_type, config=asdict(cfg), ref_mode=self.ref_mode, total_steps=self.total_steps,
                                       processes=self.world, precision=precision, router_aux_loss_coef=self.aux_coef,
                                       model=getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)))
+        if history is None or "data" not in self.history.meta:
+            self.history.meta["data"] = {k: r.to_dict() if r is not None else None
+                                         for k, r in (("train", self.data_report), ("eval", self.eval_data_report))}
+        if history is None: self.history.meta["left_out"] = self._left_out()
         if history is None: self._record_texts()
         self.ref_cache_log = {}
         self.ref_logps = _ref_logps if _ref_logps is not None else self._precompute_reference()
@@ -402,6 +408,27 @@ def _prepare_models(self: DPOTrainer, model, ref_model, ref_mode: str | None) ->
                           "only the reference's log-probs. Pass ref_model=..., train peft adapters, or set kl_every=0")
     self.aux_coef = router_aux_coef(self.model, cfg.router_aux_loss_coef)
     return info
+
+# %% ../nbs/03_train.ipynb #e6b83e02
+@patch
+def _left_out(self: DPOTrainer, max_ids: int = 1000) -> dict:
+    "The pairs the planned run's batches leave out: `n % batch_size` per epoch, and those no batch reaches."
+    cfg, n, bs = self.config, len(self.train_data), self.config.batch_size
+    per_epoch, ids = n // bs, list(self.train_data["pair_id"])
+    if per_epoch == 0: raise ConfigError(f"DPOConfig.batch_size={bs} is larger than the {n} training pairs: no batch can be made")
+    n_batches = self.total_steps * cfg.grad_accum_steps
+    epochs, seen, per = -(-n_batches // per_epoch), set(), {}
+    for ep in range(epochs):
+        per[ep] = sorted(ids[r] for r in epoch_order(n, cfg.seed, ep)[per_epoch * bs:])
+        for b in epoch_batches(n, bs, cfg.seed, ep, self.lengths)[:n_batches - ep * per_epoch]: seen.update(b)
+    never = sorted(ids[r] for r in range(n) if r not in seen)
+    out = dict(batch_size=bs, pairs=n, per_epoch=n % bs, epochs=epochs, left_out_by_epoch={str(k): v for k, v in per.items()},
+               never_trained=len(never), never_trained_ids=never[:max_ids])
+    if n % bs and self.is_main:
+        warnings.warn(f"batch_size={bs} leaves {n % bs} of the {n} training pairs out of every epoch (only full batches "
+                      f"train; other pairs each epoch): {len(never)} pair(s) are in no batch of this run's {self.total_steps} "
+                      f"steps (pair_id {_fmt_ids(never, 8)}). See history.meta['left_out'] and the report", DataWarning, stacklevel=3)
+    return out
 
 # %% ../nbs/03_train.ipynb #6201a1f0
 @torch.no_grad()
@@ -866,6 +893,7 @@ def _load_policy(folder, how: dict | None):
 
 # %% ../nbs/03_train.ipynb #df12af1f
 _STATE = "trainer_state.pt"
+_STATE_KEYS = ("step", "nonfinite_skipped", "total_steps", "optimizer", "scheduler", "ref_mode", "ref_logps", "probe_ref", "rng")
 
 
 def save(self, path) -> Path:
@@ -891,6 +919,8 @@ def save(self, path) -> Path:
                             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                             scaler=self.scaler.state_dict() if self.scaler else None, ref_mode=self.ref_mode,
                             ref_logps=self.ref_logps, probe_ref=getattr(self, "_probe_ref", None),
+                            data_rows=dict(train=len(self.train_data),  # so that load sees a lost or shortened data set
+                                           eval=len(self.eval_data) if self.eval_data is not None else None),
                             rng=dict(torch=torch.random.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
                                      cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)),
                        tmp / _STATE)
@@ -905,23 +935,123 @@ def save(self, path) -> Path:
     return path
 
 
+def _read_json(f: Path, kind=None):
+    "A JSON file of a checkpoint, or a `CheckpointError` naming it: missing, cut short, garbled, or not a `kind`."
+    if not f.is_file(): raise CheckpointError(f"{f}: missing")
+    try: out = json.loads(f.read_text())
+    except ValueError as e: raise CheckpointError(f"{f}: not valid JSON, cut short or garbled ({_why(e)})") from e
+    if kind is not None and not isinstance(out, kind): raise CheckpointError(f"{f}: holds a {type(out).__name__}, not a {kind.__name__}")
+    return out
+
+
+def _read_state(f: Path) -> dict:
+    "The trainer state of a checkpoint, or a `CheckpointError` naming it when it is cut short, garbled or incomplete."
+    try: state = torch.load(f, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, ImportError, AttributeError) as e:
+        if isinstance(e, torch.OutOfMemoryError): raise
+        raise CheckpointError(f"{f}: unreadable, cut short or garbled ({_why(e)})") from e
+    missing = [k for k in _STATE_KEYS if k not in state] if isinstance(state, dict) else list(_STATE_KEYS)
+    if missing: raise CheckpointError(f"{f}: not a dpo_nb trainer state (no {', '.join(missing)})")
+    return state
+
+
+def _weight_shapes(folder: Path) -> dict | None:
+    "Name -> (shape, file) of every tensor saved in a model or adapter folder, from the safetensors headers (no weights read)."
+    from safetensors import SafetensorError, safe_open
+    adapter = (folder / "adapter_config.json").exists()
+    stem, legacy = ("adapter_model", "adapter_model.bin") if adapter else ("model", "pytorch_model.bin")
+    single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+    if single.exists(): files = [single]
+    elif index.exists(): files = sorted({folder / s for s in _read_json(index, dict).get("weight_map", {}).values()})
+    elif (folder / legacy).exists() or (folder / f"{legacy}.index.json").exists(): return None  # pickled weights: no header to read
+    else: raise CheckpointError(f"{single}: missing (no weights in {folder})")
+    shapes = {}
+    for f in files:
+        if not f.exists(): raise CheckpointError(f"{f}: missing, but {index} lists it")
+        try:
+            with safe_open(str(f), "pt") as st: shapes.update({k: (tuple(st.get_slice(k).get_shape()), f) for k in st.keys()})
+        except (SafetensorError, OSError, ValueError) as e:  # the header says where each tensor lies: a cut file does not cover it
+            raise CheckpointError(f"{f}: not a readable safetensors file, cut short or garbled ({_why(e)})") from e
+    return shapes
+
+
+def _check_saved_model(folder: Path) -> dict | None:
+    "A saved model (or adapter) folder whose JSON files parse and whose weights' headers read: its `_weight_shapes`."
+    if not folder.is_dir(): raise CheckpointError(f"{folder}: missing")
+    if not (folder / "adapter_config.json").exists(): _read_json(folder / "config.json", dict)
+    for f in sorted(folder.glob("*.json")): _read_json(f)
+    return _weight_shapes(folder)
+
+
+def _check_shapes(folder: Path, model, name: str = "model"):
+    "Refuse a `model` given to `load` whose parameters are not the shapes saved in `folder`, naming the first that differs."
+    saved = _check_saved_model(folder)
+    adapter = (folder / "adapter_config.json").exists()
+    if adapter != is_peft(model):
+        raise CheckpointError(f"{folder}: holds {'a peft adapter' if adapter else 'a whole model'}, but the {name} given "
+                              f"{'is' if is_peft(model) else 'is not'} a peft model")
+    if saved is None: return
+    if adapter:  # the trained adapter's tensors, under the names save_pretrained writes
+        from peft import get_peft_model_state_dict
+        given = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
+    else: given = model.state_dict()
+    for k, v in given.items():
+        if k in saved and tuple(v.shape) != saved[k][0]:
+            raise CheckpointError(f"the {name} given does not fit the checkpoint: {k} is {list(saved[k][0])} in {saved[k][1]}, "
+                                  f"{list(v.shape)} in the {name} given")
+    if adapter and saved.keys() != given.keys():  # (a whole model's saved names may differ: some archs convert on load)
+        k = sorted(saved.keys() ^ given.keys())[0]
+        raise CheckpointError(f"the {name} given does not fit the checkpoint: adapter weight {k} is only in "
+                              f"{'the checkpoint ' + str(saved[k][1]) if k in saved else f'the {name} given'}")
+    if not saved.keys() & given.keys():
+        raise CheckpointError(f"the {name} given does not fit the checkpoint: none of its parameter names is in {folder}")
+
+
+def _read_data(folder: Path, rows: int | None):
+    "A tokenized data set saved in a checkpoint, or a `CheckpointError` naming its folder; `rows`: how many were saved."
+    from datasets import load_from_disk
+    from datasets.exceptions import DatasetsError
+    if not folder.is_dir(): raise CheckpointError(f"{folder}: missing")
+    try: ds = load_from_disk(str(folder))
+    except (OSError, ValueError, KeyError, TypeError, DatasetsError) as e:  # a lost file, a cut Arrow file or JSON
+        raise CheckpointError(f"{folder}: the saved data does not load ({_why(e)})") from e
+    if rows is not None and len(ds) != rows: raise CheckpointError(f"{folder}: {len(ds)} rows, but {rows} were saved")
+    return ds
+
+
 @classmethod
 def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, **config_overrides) -> "DPOTrainer":
-    "A trainer restored from `save(path)`: model, data, optimizer, scheduler, random state and history."
-    from datasets import load_from_disk
+    """A trainer restored from `save(path)`: model, data, optimizer, scheduler, random state and history. A damaged
+    checkpoint, or a `model`/`ref_model` whose shapes differ from the saved ones, is a `CheckpointError` naming the file
+    or parameter, raised before any model is loaded or run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path = Path(path)
     if not (path / _STATE).exists(): raise FileNotFoundError(f"{path} is not a dpo_nb checkpoint (no {_STATE})")
-    state = torch.load(path / _STATE, weights_only=False)
-    cfg = DPOConfig.from_dict({**json.loads((path / "config.json").read_text()), **config_overrides})
-    tok = AutoTokenizer.from_pretrained(path / "model")
-    if model is None:
-        model = _load_policy(path / "model", state.get("load_info"))
-    if ref_model is None and state["ref_mode"] == "model": ref_model = AutoModelForCausalLM.from_pretrained(path / "ref_model")
-    train = load_from_disk(str(path / "train_data"))
-    ev = load_from_disk(str(path / "eval_data")) if (path / "eval_data").exists() else None
+    state = _read_state(path / _STATE)  # every file is checked first, cheapest first; the models are loaded last
+    cfg = DPOConfig.from_dict({**_read_json(path / "config.json", dict), **config_overrides})
+    if not (path / "history" / "meta.json").exists(): raise CheckpointError(f"{path / 'history' / 'meta.json'}: missing")
+    history = History.load(path / "history")
+    rows = state.get("data_rows") or {}  # (checkpoints before data_rows: not checked)
+    train = _read_data(path / "train_data", rows.get("train"))
+    ev = (_read_data(path / "eval_data", rows.get("eval")) if (path / "eval_data").exists() or rows.get("eval") is not None
+          else None)
+    if model is None: _check_saved_model(path / "model")
+    else: _check_shapes(path / "model", model)
+    if state["ref_mode"] == "model":
+        if ref_model is None: _check_saved_model(path / "ref_model")
+        else: _check_shapes(path / "ref_model", ref_model, "ref_model")
+    try: tok = AutoTokenizer.from_pretrained(path / "model")
+    except Exception as e: raise CheckpointError(f"{path / 'model'}: the saved tokenizer does not load ({_why(e)})") from e
+    def saved(load, folder):  # a whole model read from the checkpoint: what fails is the checkpoint's (a peft base is not)
+        try: return load()
+        except (OSError, ValueError, RuntimeError) as e:
+            if isinstance(e, torch.OutOfMemoryError) or (folder / "adapter_config.json").exists(): raise
+            raise CheckpointError(f"{folder}: the saved model does not load ({_why(e)})") from e
+    if model is None: model = saved(lambda: _load_policy(path / "model", state.get("load_info")), path / "model")
+    if ref_model is None and state["ref_mode"] == "model":
+        ref_model = saved(lambda: AutoModelForCausalLM.from_pretrained(path / "ref_model"), path / "ref_model")
     t = cls(model, tok, train, cfg, ref_model=ref_model, eval_data=ev, callbacks=callbacks,
-            history=History.load(path / "history"), reward_fn=reward_fn, _ref_logps=state["ref_logps"],
+            history=history, reward_fn=reward_fn, _ref_logps=state["ref_logps"],
             _ref_mode=state["ref_mode"] if state["ref_mode"] in ("adapters", "adapter_copy") else None)
     if t.ref_mode == "adapter_copy" and state.get("ref_adapter"): load_adapter_state(t.model, state["ref_adapter"])
     if cfg.precompute_ref and not t.ref_logps: t.ref_logps = t._precompute_reference()  # asked for on resume: the reference is at hand

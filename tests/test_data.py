@@ -563,14 +563,18 @@ def test_template_mismatch_is_dropped_and_missing_template_errors(tok):
     tmpl = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant-start>{% endif %}")
     # pair 0's prompt ends with a user turn: '<assistant-start>' is not how the full conversation goes on -> dropped.
-    # pair 1's prompt ends with an assistant turn (a prefill), rendered with continue_final_message -> kept.
-    with pytest.warns(DataWarning, match=r'tokenize_pairs dropped 1 of 2 pairs: 1 template_mismatch \(pair_id 0\)'):
-        t = tokenize_pairs(load_preferences(FORMAT_ROWS['conv_prompt_messages'][:1] + [
-            dict(prompt=[u(Q2), a('Hm.')], chosen=[a('Blue.')], rejected=[a('Green.')])]), tok, chat_template=tmpl)
-    assert t['pair_id'] == [1] and t.report.ids('template_mismatch') == [0]
-    f = t.report.to_frame().set_index('pair_id')
+    # pair 1's prompt ends with an assistant turn: each response would open by closing it -> dropped at load.
+    # Nothing is left, so the error carries the report of both stages.
+    with pytest.warns(DataWarning, match='1 prompt_ends_with_assistant'):
+        loaded = load_preferences(FORMAT_ROWS['conv_prompt_messages'][:1] + [
+            dict(prompt=[u(Q2), a('Hm.')], chosen=[a('Blue.')], rejected=[a('Green.')])])
+    with pytest.raises(PreferenceDataError, match='tokenize_pairs dropped all 1 pairs') as ei:
+        tokenize_pairs(loaded, tok, chat_template=tmpl)
+    rep = ei.value.report
+    assert rep.ids('template_mismatch') == [0] and rep.ids('prompt_ends_with_assistant') == [1]
+    f = rep.to_frame().set_index('pair_id')
     assert f.loc[0, 'field'] == 'chosen' and 'differ at char' in f.loc[0, 'detail']
-    assert t[0]['prompt_text'] == f'<user>{Q2}\n<assistant>Hm.'
+    assert f.loc[1, 'stage'] == 'load' and f.loc[1, 'field'] == 'prompt[1]'
     with pytest.raises(PreferenceDataError, match='chat template'):
         tokenize_pairs(FORMAT_ROWS['conv_whole'], tok)
 

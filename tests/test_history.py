@@ -162,3 +162,14 @@ def test_ten_thousand_pairs_twenty_steps():
     s = h.summary()
     assert s["pairs/train/pairs"] == n and s["pairs/train/scorings"] == n * steps
     json.dumps(s, allow_nan=False)
+
+
+def test_synthetic_history_without_probe_pairs_and_empty_texts():
+    import warnings
+    from dpo_nb.history import History, synthetic_history
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean of an empty probe split
+        h = synthetic_history(n_probe=0)
+    assert h.probe_ids() == [] and "probe" not in set(h.pairs["split"]) and len(h.texts) == 248
+    e = History(); e.add_texts([], split="train")
+    assert len(e.texts) == 0
