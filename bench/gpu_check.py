@@ -174,7 +174,8 @@ def train_dpo_nb(model, tok, data, prec, a, dev, probe) -> dict:
     cfg = DPOConfig(beta=BETA, learning_rate=LR, lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
                     batch_size=a.batch_size, max_steps=1 + a.steps, max_grad_norm=1.0, seed=SEED, device=str(dev),
                     mixed_precision={"fp32": "no"}.get(prec, prec), master_weights="fp32", progress=False,
-                    ref_cache=False, precompute_ref=True)  # the reference scored once, as TRL best does
+                    ref_cache=False, precompute_ref=True,  # the reference scored once, as TRL best does
+                    max_length=None, max_prompt_length=None)  # the data is tokenized uncut, as TRL gets it (max_length=None)
     t = DPOTrainer(model, tok, data, cfg)
     probe.start()
     losses, ends = [], []

@@ -143,7 +143,7 @@ def run_dpo_nb(pristine, tok, data, order, args, dev, probe):
     from dpo_nb.train import DPOConfig, DPOTrainer
     cfg = DPOConfig(beta=BETA, learning_rate=LR, lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
                     batch_size=args.batch_size, max_steps=1 + args.steps, max_grad_norm=1.0, seed=SEED, device=str(dev),
-                    mixed_precision="no", progress=False,
+                    mixed_precision="no", progress=False, max_length=None, max_prompt_length=None,  # the data's limits (none)
                     ref_cache=False)  # score the reference afresh every run, so the agreement check sees computed numbers
     t = DPOTrainer(copy.deepcopy(pristine), tok, data, cfg)
     probe.start()

@@ -16,7 +16,7 @@ import torch
 
 from .data import PreferenceDataError, load_preferences, split_pairs, tokenize_pairs
 from .history import CheckpointError, History
-from .models import DTYPES, REF_ADAPTER, is_peft, load_model
+from .models import DTYPES, REF_ADAPTER, attn_problem, is_peft, load_model
 from .report import report_from_dir, write_report
 from .toy import load_toy, mean_reward, sample_completions
 from .train import ConfigError, DPOConfig, DPOTrainer
@@ -49,11 +49,22 @@ def summary_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame([(k, fmt(v), defs.get(k, "")) for k, v in summary.items()], columns=["figure", "value", "definition"])
 
 
+def _check_out(out):
+    "`out` must be a folder that exists or can be made: a file there (or above it) is found now, not after training."
+    for p in [Path(out), *Path(out).parents]:
+        if p.exists():
+            if not p.is_dir(): raise FileExistsError(f"--out {out}: {p} is a file, not a folder")
+            return
+
+
 def run_demo(steps: int = DEMO_DEFAULTS["steps"], beta: float = DEMO_DEFAULTS["beta"],
              loss_type: str = DEMO_DEFAULTS["loss_type"], learning_rate: float = DEMO_DEFAULTS["learning_rate"],
              batch_size: int = DEMO_DEFAULTS["batch_size"], samples: int = DEMO_DEFAULTS["samples"],
              out: str | Path = "dpo_nb_demo", seed: int = 0, progress: bool = True) -> dict:
     "Train DPO on the toy task, print the summary, write `out/report.html`, `out/summary.json` and `out/history/`."
+    for flag, v in (("--steps", steps), ("--samples", samples), ("--batch-size", batch_size)):  # before any work
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ConfigError(f"{flag} {v}: must be an integer >= 1")
+    _check_out(out)
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 0.5M-parameter model: more threads only add overhead, and much more on a busy machine
@@ -103,12 +114,27 @@ def _final_model(model, dtype: torch.dtype, adapter_only: bool):
     return model.to(dtype)  # fp32 master weights go back to the dtype the checkpoint was loaded in
 
 
+def _read_config(config) -> dict:
+    "The DPOConfig settings of a `--config` JSON file, or a `ConfigError` naming the file."
+    text = Path(config).read_text()  # (a missing file: FileNotFoundError, which names it)
+    try: settings = json.loads(text)
+    except ValueError as e: raise ConfigError(f"--config {config}: not valid JSON ({e})") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"--config {config}: holds a JSON {type(settings).__name__}, expected an object of DPOConfig settings")
+    return settings
+
+
 def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str | None = "train", eval_data: str | None = None,
               eval_split: str | None = None, eval_fraction: float = 0.05, lora: bool = False, lora_r: int = 16,
               config: str | Path | None = None, ref: str | None = None, dtype: str = "auto", load_in_4bit: bool = False,
               attn_implementation: str | None = None, trust_remote_code: bool = False, **overrides) -> Path:
     "Train DPO on a real model and dataset; save the model, a checkpoint, the history and the report in `out`."
-    settings = json.loads(Path(config).read_text()) if config else {}
+    settings = _read_config(config) if config else {}
+    if not (isinstance(eval_fraction, (int, float)) and not isinstance(eval_fraction, bool) and 0 <= eval_fraction < 1):
+        raise ConfigError(f"--eval-fraction {eval_fraction}: must be a number with 0 <= f < 1 (0: no held-out pairs)")
+    if isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r < 1: raise ConfigError(f"--lora-r {lora_r}: must be an integer >= 1")
+    if attn_problem(attn_implementation): raise ConfigError(f"--attn-implementation: {attn_problem(attn_implementation)}")
+    _check_out(out)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     cfg = DPOConfig.from_dict(settings)
     for flag, name in (("--model", model), ("--ref", ref)): _check_local(flag, name)

@@ -27,6 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 import datasets
 from datasets import Dataset, DatasetDict, Features, Value
@@ -55,6 +56,7 @@ REASONS = {
     'chosen_truncated': "chosen cut from the right (its EOS with it) to fit max_length",
     'rejected_truncated': "rejected cut from the right (its EOS with it) to fit max_length",
     'boundary_merge': "prompt+response tokenized as one text cuts differently at the boundary",
+    'special_token_text': "the text spells a special token ('</s>', '<|im_end|>', ...), which the tokenizer reads as that token: an EOS inside a response ends it early",
 }
 
 class PreferenceDataError(ValueError):
@@ -78,7 +80,7 @@ class Issue:
     detail: str = ''  # what exactly, e.g. 'NaN' or 'removed 12 tokens'
 
 # %% ../nbs/00_data.ipynb #0026f9d3
-_WARN_FLAGS = ('later_turns', 'parted_early', 'duplicate', 'reversed_duplicate')  # flags worth a warning
+_WARN_FLAGS = ('later_turns', 'parted_early', 'duplicate', 'reversed_duplicate', 'special_token_text')  # flags worth a warning
 
 def _fmt_ids(ids, k=6):
     ids = list(ids)
@@ -254,13 +256,24 @@ def _decode(data: bytes, where) -> str:
         raise PreferenceDataError(f"{where}, line {line}: not valid UTF-8 (byte {data[e.start:e.start + 1]!r} at column "
                                   f"{col}); save the file as UTF-8") from None
 
+def _no_duplicate_keys(pairs):
+    "object_pairs_hook for json: a key twice in one object is an error (json keeps the last value and drops the first)."
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup: raise ValueError(f"the key {dup[0]!r} appears twice in one object")
+    return dict(pairs)
+
+def _json(text):
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+
 def _read_json_lines(text, where):
     rows = []
     for ln, line in enumerate(text.split('\n')):  # not splitlines(): a JSON string may hold U+2028
         if not line.strip(): continue
-        try: obj = json.loads(line)
+        try: obj = _json(line)
         except json.JSONDecodeError as e:
             raise PreferenceDataError(f"{where}, line {ln + 1}: not valid JSON ({e.msg})") from None
+        except ValueError as e: raise PreferenceDataError(f"{where}, line {ln + 1}: {e}") from None
         if not isinstance(obj, dict):
             raise PreferenceTypeError(f"{where}, line {ln + 1}: expected a JSON object of the pair's fields, got {type(obj).__name__}")
         rows.append(obj)
@@ -302,8 +315,9 @@ def _read_file(path, kind, gz):
     text = _decode(_read_bytes(path, gz, where), where)
     if kind in ('csv', 'tsv'): return _read_csv(text, '\t' if kind == 'tsv' else ',', where)
     if kind == 'jsonl': return _read_json_lines(text, where)
-    try: obj = json.loads(text)
-    except json.JSONDecodeError as e:
+    try: obj = _json(text)
+    except ValueError as e:
+        if not isinstance(e, json.JSONDecodeError): raise PreferenceDataError(f"{where}: {e}") from None
         if text.lstrip()[:1] == '[':  # one JSON document, broken
             raise PreferenceDataError(f"{where}, line {e.lineno}: not valid JSON ({e.msg})") from None
         return _read_json_lines(text, where)  # `.json` files holding JSON lines are common (datasets reads them too)
@@ -341,6 +355,8 @@ def _read_source(source, split=None, name=None, **load_kwargs):
     if isinstance(source, (Dataset, DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict)):
         return (*_from_datasets(source, split, type(source).__name__), 'datasets')
     if isinstance(source, pd.DataFrame):
+        dup = sorted(set(source.columns[source.columns.duplicated()]))
+        if dup: raise PreferenceDataError(f"the DataFrame has the column(s) {dup} more than once; rename or drop the extra ones")
         return {c: source[c].tolist() for c in source.columns}, f"DataFrame ({len(source)} rows)", 'table'
     if isinstance(source, (str, Path)):
         p = Path(source).expanduser()
@@ -353,7 +369,10 @@ def _read_source(source, split=None, name=None, **load_kwargs):
             raise FileNotFoundError(f"no such file: {p}")
         what = f"load_dataset({str(source)!r}" + (f", {name!r}" if name else '') + (f", split={split!r})" if split else ')')
         try: ds = datasets.load_dataset(str(source), name, split=split, **load_kwargs)
-        except Exception as e:
+        except (datasets.exceptions.DatasetGenerationError, ValueError) as e:  # a folder of no data, an unknown split, ...
+            raise PreferenceDataError(f"{what} failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; "
+                                      f"a local file needs one of the suffixes {sorted(_FILE_KINDS)}") from e
+        except Exception as e:  # (no network, no such dataset: their own errors, which say so)
             e.add_note(f"dpo_nb.load_preferences: {what} failed; a local file needs one of the suffixes {sorted(_FILE_KINDS)}")
             raise
         return (*_from_datasets(ds, None, what), 'datasets')
@@ -365,16 +384,19 @@ def _read_source(source, split=None, name=None, **load_kwargs):
     raise PreferenceDataError(f"cannot read preference pairs from a {type(source).__name__}; pass a dataset name, "
                               "Dataset/DatasetDict, file path, DataFrame or list of dicts")
 
-def _to_columns(data):
+def _to_columns(data, where='the source'):
     "Rows (list of dicts) or columns -> `(columns, n_rows)`; keys missing from a row become `_MISSING`."
     if isinstance(data, Mapping):
+        flat = [k for k, v in data.items() if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray))]
+        if flat: raise PreferenceDataError(f"{where}: a dict source maps each column to a list of values, but {flat[0]!r} holds a "
+                                           f"{type(data[flat[0]]).__name__}; for one pair pass a list of one dict: [{{...}}]")
         lens = {k: len(v) for k, v in data.items()}
-        if len(set(lens.values())) > 1: raise PreferenceDataError(f"columns have different lengths: {lens}")
+        if len(set(lens.values())) > 1: raise PreferenceDataError(f"{where}: columns have different lengths: {lens}")
         return {k: list(v) for k, v in data.items()}, next(iter(lens.values()), 0)
     keys = {}
     for i, r in enumerate(data):
         if not isinstance(r, Mapping):
-            raise PreferenceTypeError(f"row {i}: expected a dict of the pair's fields, got {type(r).__name__}")
+            raise PreferenceTypeError(f"{where}, row {i}: expected a dict of the pair's fields, got {type(r).__name__}")
         for k in r: keys.setdefault(k, None)
     return {k: [r.get(k, _MISSING) for r in data] for k in keys}, len(data)
 
@@ -405,6 +427,7 @@ def split_implicit(chosen: str,                        # whole transcript of the
 
 # %% ../nbs/00_data.ipynb #019e7aac
 _ROLE_ALIASES = {'human': 'user', 'gpt': 'assistant', 'bot': 'assistant'}
+_ROLES = {'user', 'assistant', 'system', 'tool', 'developer', *_ROLE_ALIASES}  # read in any case; other roles as given
 
 def split_conversation(chosen: list,   # messages of the preferred conversation
                        rejected: list, # messages of the other one
@@ -450,7 +473,13 @@ class _Bad(Exception):
 def _text(v, fld):
     if _is_null(v): raise _Drop('non_text', fld, _null_name(v))
     if not isinstance(v, str): raise _Bad(fld, f"expected text (str), got {type(v).__name__} {_short(v)}")
-    return v
+    return _unicode(v, fld)
+
+def _unicode(s, fld):
+    "`s` if it is valid Unicode: a lone surrogate (JSON's \\ud800) cannot be written as UTF-8 or tokenized."
+    try: s.encode('utf-8')
+    except UnicodeEncodeError as e: raise _Bad(fld, f"holds a lone surrogate {s[e.start]!r} at character {e.start}, not valid Unicode") from None
+    return s
 
 def _short(v, n=40):
     s = repr(v)
@@ -476,14 +505,16 @@ def _messages(v, fld, prompt_ok=False):
         if not isinstance(role, str): raise _Bad(f + '.role', f"expected str, got {type(role).__name__}")
         if _is_null(content): raise _Drop('non_text', f + '.content', _null_name(content))
         if not isinstance(content, str): raise _Bad(f + '.content', f"expected text (str), got {type(content).__name__} {_short(content)}")
-        out.append({'role': _ROLE_ALIASES.get(role, role), 'content': content})
+        r = role.strip().lower()  # 'User', 'Human', 'GPT': the names chat templates test for are lower case
+        r = _ROLE_ALIASES.get(r, r) if r in _ROLES else role
+        out.append({'role': r, 'content': _unicode(content, f + '.content')})
     return out
 
 # characters that draw nothing: whitespace, format (zero-width space and joiners, BOM, soft hyphen), controls,
-# variation selectors, and blank-looking letters (Hangul fillers, the braille blank)
+# combining marks with nothing to combine with, variation selectors, and blank-looking letters (Hangul fillers, the braille blank)
 _INVISIBLE = set('\u034f\u115f\u1160\u2800\u3164\uffa0') | {chr(c) for c in (*range(0xfe00, 0xfe10), *range(0xe0100, 0xe01f0))}
 
-def _invisible(ch): return ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) in ('Cf', 'Cc', 'Zs', 'Zl', 'Zp')
+def _invisible(ch): return ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) in ('Cf', 'Cc', 'Zs', 'Zl', 'Zp', 'Mn', 'Me')
 
 def _blank_text(s): return all(_invisible(ch) for ch in s)  # stops at the first visible character
 
@@ -542,24 +573,28 @@ def _detect_format(cols, n):
     if first is not None and _is_messages(first): return 'conversational'
     return 'explicit' if 'prompt' in cols else 'implicit'
 
-def _missing_column_error(col, cols, fmt):
+def _missing_column_error(col, cols, fmt, where='the source'):
     expected = _FORMAT_HELP[fmt] if fmt else 'one of the formats\n  ' + '\n  '.join(_FORMAT_HELP.values())
     return PreferenceDataError(
-        f"missing column {col!r}: found columns {list(cols)}; expected {expected}. "
+        f"{where}: missing column {col!r}: found columns {list(cols)}; expected {expected}. "
         f"If the data has it under another name, map it: columns={{{col!r}: 'your_column'}}")
 
 # %% ../nbs/00_data.ipynb #39125d39
-def _pair_ids(cols, n):
+def _pair_ids(cols, n, where, from_text=False):
+    "The `pair_id` column as unique int64s, else a `PreferenceTypeError` naming the row (CSV cells of digits are ints)."
     if 'pair_id' not in cols: return list(range(n))
-    ids = cols['pair_id']
-    for i, v in enumerate(ids):
+    out = []
+    for i, v in enumerate(cols['pair_id']):
         v = _py(v)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise PreferenceTypeError(f"row {i}, field 'pair_id': expected an int, got {type(v).__name__} {_short(v)}")
-    ids = [int(_py(v)) for v in ids]
-    dup = [k for k, c in Counter(ids).items() if c > 1]
-    if dup: raise PreferenceDataError(f"field 'pair_id': ids must be unique; repeated: {_fmt_ids(dup)}")
-    return ids
+        if from_text and isinstance(v, str) and v.strip().lstrip('-').isdigit(): v = int(v)
+        if isinstance(v, float) and v.is_integer(): v = int(v)  # a pandas column turned float by a NaN elsewhere
+        if isinstance(v, bool) or not isinstance(v, int) or not -2**63 <= v < 2**63:
+            what = 'missing' if v is _MISSING else 'NaN' if isinstance(v, float) and math.isnan(v) else f"{type(v).__name__} {_short(v)}"
+            raise PreferenceTypeError(f"{where}, row {i}, field 'pair_id': expected an int (64-bit), got {what}")
+        out.append(v)
+    dup = [k for k, c in Counter(out).items() if c > 1]
+    if dup: raise PreferenceDataError(f"{where}, field 'pair_id': ids must be unique; repeated: {_fmt_ids(dup)}")
+    return out
 
 def _pair_key(pair):
     "(key, key with chosen and rejected swapped) of a normalised pair, to find repeated pairs."
@@ -608,27 +643,37 @@ def load_preferences(
     if format_name not in (None, *FORMATS): raise ValueError(f"format_name must be one of {FORMATS} or None, not {format_name!r}")
     if later_turns not in ('keep', 'drop'): raise ValueError(f"later_turns must be 'keep' or 'drop', not {later_turns!r}")
     if duplicates not in ('keep', 'drop'): raise ValueError(f"duplicates must be 'keep' or 'drop', not {duplicates!r}")
+    if isinstance(keep_columns, str): raise TypeError(f"keep_columns must be a list of column names, not the str {keep_columns!r}")
+    bad = [c for c in keep_columns if c in ('pair_id', 'prompt', 'chosen', 'rejected')]
+    if bad: raise ValueError(f"keep_columns: {bad} are kept anyway; list only other columns")
+    if not human_marker.strip() or not assistant_marker.strip() or human_marker == assistant_marker:
+        raise ValueError(f"human_marker={human_marker!r} and assistant_marker={assistant_marker!r} must be two different, non-blank markers")
+    ours = ('prompt', 'chosen', 'rejected', 'pair_id')
+    if columns:
+        if set(columns) - set(ours): raise ValueError(f"columns: unknown key(s) {sorted(set(columns) - set(ours))}: map {list(ours)} to your column names")
+        twice = [t for t, k in Counter(columns.values()).items() if k > 1]
+        if twice: raise ValueError(f"columns: the column {twice[0]!r} is mapped to more than one field")
     raw, where, file_kind = _read_source(source, split, name, **load_kwargs)
-    cols, n = _to_columns(raw)
+    cols, n = _to_columns(raw, where)
     if n == 0: raise PreferenceDataError(f"{'file ' + str(source) if isinstance(source, (str, Path)) and Path(source).expanduser().is_file() else where} holds no rows")
     if columns:
         for theirs in columns.values():
-            if theirs not in cols: raise _missing_column_error(theirs, cols, format_name)
+            if theirs not in cols: raise _missing_column_error(theirs, cols, format_name, where)
         mapped = {ours: cols[theirs] for ours, theirs in columns.items()}
         for theirs in columns.values(): cols.pop(theirs)
         cols.update(mapped)
     for c in ('chosen', 'rejected'):
-        if c not in cols: raise _missing_column_error(c, cols, format_name)
+        if c not in cols: raise _missing_column_error(c, cols, format_name, where)
     if file_kind in ('csv', 'tsv'): _check_csv_not_conversational(cols, where)
     fmt = format_name or _detect_format(cols, n)
     for c in _NEEDS[fmt]:
-        if c not in cols: raise _missing_column_error(c, cols, fmt)
+        if c not in cols: raise _missing_column_error(c, cols, fmt, where)
     for c in keep_columns:
-        if c not in cols: raise PreferenceDataError(f"keep_columns: no column {c!r}; found columns {list(cols)}")
+        if c not in cols: raise PreferenceDataError(f"{where}: keep_columns: no column {c!r}; found columns {list(cols)}")
     rep = DataReport(where, fmt, n_rows=n)
     if split is not None and file_kind != 'datasets': rep.notes.append(f"split={split!r} ignored: {where} holds one table")
     if fmt == 'implicit' and 'prompt' in cols: rep.notes.append("implicit format forced: the 'prompt' column is ignored")
-    ids = _pair_ids(cols, n)
+    ids = _pair_ids(cols, n, where, from_text=file_kind in ('csv', 'tsv'))
     row_fn, markers = _ROW_FNS[fmt], (human_marker, assistant_marker)
     names = [c for c in ('prompt', 'chosen', 'rejected') if c in cols]
     out = {k: [] for k in ('pair_id', 'prompt', 'chosen', 'rejected', *keep_columns)}
@@ -676,7 +721,11 @@ def load_preferences(
     feats = Features({'pair_id': Value('int64'), **{k: _conv_feature() if fmt == 'conversational' else txt
                                                      for k in ('prompt', 'chosen', 'rejected')}})
     ds = Dataset.from_dict({k: out[k] for k in feats}, features=feats)
-    for k in keep_columns: ds = ds.add_column(k, out[k])
+    for k in keep_columns:
+        try: ds = ds.add_column(k, out[k])
+        except (pa.ArrowException, TypeError, ValueError) as ex:
+            raise PreferenceDataError(f"{where}: keep_columns: the column {k!r} cannot be stored ({str(ex).splitlines()[0]}); "
+                                      "its values must share one type") from None
     ds.format_name = fmt
     return _attach_report(ds, rep)
 
@@ -686,6 +735,7 @@ def split_pairs(ds: Dataset,                 # output of `load_preferences`
                 seed: int = 0,
                ) -> tuple[Dataset, Dataset]:
     "Split loaded pairs into (train, eval), each with its own `DataReport`: the source's drops on train, eval's origin on eval."
+    if isinstance(test_size, bool): raise TypeError(f"test_size must be a fraction or a number of pairs, not {test_size!r}")
     rep = data_report(ds)
     if rep is None: raise PreferenceDataError("split_pairs: pass load_preferences output (these pairs carry no DataReport)")
     parts = ds.train_test_split(test_size=test_size, seed=seed)
@@ -773,6 +823,26 @@ def _render_conversation(tokenizer, prompt, responses, chat_template):
         outs.append(full[len(p):])
     return p, outs
 
+def _contents(v):
+    "The texts of a field: the text itself, or its messages' contents."
+    return [v] if isinstance(v, str) else [m['content'] for m in v]
+
+def _bare(text, side, tokenizer):
+    "A text without the BOS a prompt may start with, or the EOS a response may end with: those are where they belong."
+    s, tok = text.strip(), tokenizer.bos_token if side == 'prompt' else tokenizer.eos_token
+    if not tok: return text
+    return (s[len(tok):] if s.startswith(tok) else s) if side == 'prompt' else (s[:-len(tok)] if s.endswith(tok) else s)
+
+def _merged(prev, new):
+    "`prev` (the report the data came with) plus what checking the rows again found: rows changed after loading."
+    rep, have = prev.copy(), {(i.kind, i.reason, i.pair_id) for i in prev.issues}
+    for i in new.issues:
+        if (i.kind, i.reason, i.pair_id) not in have:
+            rep.issues.append(Issue('tokenize', i.kind, i.reason, i.pair_id, i.field,
+                                    f"changed after loading: {i.detail}" if i.detail else "changed after loading"))
+    rep.n_kept = new.n_kept
+    return rep
+
 def _roles(p, c, r):
     return ', '.join(f"{k} [{', '.join(m['role'] for m in v)}]" for k, v in (('prompt', p), ('chosen', c), ('rejected', r)))
 
@@ -807,21 +877,24 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
                   ) -> Dataset:
     "Tokenize prompt and responses separately (one EOS per response), truncate, flag boundary merges; see `.report`."
     for nm, v in (('max_length', max_length), ('max_prompt_length', max_prompt_length)):
-        if v is not None and (not isinstance(v, int) or v < 1): raise ValueError(f"{nm} must be a positive int or None, not {v!r}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise ValueError(f"{nm} must be a positive int or None, not {v!r}")
     if max_length is not None and max_prompt_length is not None and max_prompt_length > max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must not exceed max_length ({max_length})")
-    if (not isinstance(data, Dataset) or not {'pair_id', 'prompt', 'chosen', 'rejected'} <= set(data.column_names)
-            or data_report(data) is None):  # pairs load_preferences has not checked: check them now
-        data = load_preferences(data, warn=warn)
+    if isinstance(tokenizer, (str, Path)): raise TypeError(f"tokenizer: pass a tokenizer, e.g. AutoTokenizer.from_pretrained({str(tokenizer)!r})")
+    prev = data_report(data) if isinstance(data, Dataset) else None
+    checked = load_preferences(data, warn=warn and prev is None)  # every row checked, also rows changed after loading (a .map())
+    rep = checked.report.copy() if prev is None else _merged(prev, checked.report)
+    fmt = prev.format_name if prev is not None else checked.format_name
+    data = checked
     eos = getattr(tokenizer, 'eos_token_id', None)
     if eos is None: raise PreferenceDataError("tokenizer has no EOS token (responses must end with one); set tokenizer.eos_token")
     f = data.features['prompt']
     conv = not (isinstance(f, Value) and f.dtype in ('string', 'large_string'))  # messages, not text
-    rep = data_report(data).copy()
-    fmt = getattr(data, 'format_name', rep.format_name)
     if conv and not (chat_template or getattr(tokenizer, 'chat_template', None)):
         raise PreferenceDataError("conversational pairs need a chat template: set tokenizer.chat_template or pass chat_template=...")
     cols = data.to_dict()
+    specials = [t for t in getattr(tokenizer, 'all_special_tokens', []) if t]
+    special_ids = set(getattr(tokenizer, 'all_special_ids', [])) - {getattr(tokenizer, 'unk_token_id', None)}  # (<unk> stands for real text)
     n_in = len(cols['pair_id'])
     # 1. texts
     keep, texts, refused = [], [], []
@@ -855,6 +928,8 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
         budget = None if max_length is None else max_length - len(pt)
         row = dict(pair_id=pid, prompt_ids=pt, prompt_truncated=len(pi) - len(pt), boundary_merge=bool(merged),
                    prompt_text=P[j])
+        spelled = {side: sorted({t for t in specials for x in _contents(cols[side][i]) if t in (x if conv else _bare(x, side, tokenizer))})
+                   for side in ('prompt', 'chosen', 'rejected')}
         dropped = False
         for side, ids, text in (('chosen', c_ids[j], C[j]), ('rejected', r_ids[j], R[j])):
             ids, h = _end_with_one_eos(ids, eos, tokenizer)
@@ -864,6 +939,9 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
             if not cut:
                 rep.add('tokenize', 'drop', 'truncated_to_empty', pid, side,
                         f"prompt uses {len(pt)} of max_length={max_length} tokens"); dropped = True; break
+            if all(t in special_ids for t in ids):  # e.g. a response '</s>': no token of its own
+                rep.add('tokenize', 'drop', 'empty_response', pid, side, f"only special tokens: {tokenizer.convert_ids_to_tokens(ids)}")
+                dropped = True; break
             row[f'{side}_ids'], row[f'{side}_truncated'], row[f'{side}_text'] = cut, len(ids) - len(cut), text
         if dropped: continue
         if row['chosen_ids'] == row['rejected_ids']:
@@ -875,6 +953,8 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
             continue
         for k in ('prompt', 'chosen', 'rejected'):
             if row[f'{k}_truncated']: rep.add('tokenize', 'flag', f'{k}_truncated', pid, k, f"removed {row[f'{k}_truncated']} tokens")
+        for k, found in spelled.items():
+            if found: rep.add('tokenize', 'flag', 'special_token_text', pid, k, f"spells {', '.join(found)}")
         if merged: rep.add('tokenize', 'flag', 'boundary_merge', pid, ','.join(merged),
                            '; '.join(f"{k}: {v}" for k, v in merged.items()))
         for k in out: out[k].append(row[k])

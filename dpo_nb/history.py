@@ -499,6 +499,34 @@ def save(self: History,
     return path
 
 
+def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
+def _is_num(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
+_META_TYPES = {  # key: (test, what it must be): the meta entries dpo_nb reads back (None: absent, always allowed)
+    "beta": (_is_num, "a number"), "loss_type": (lambda v: isinstance(v, str), "a string"),
+    "config": (lambda v: isinstance(v, dict), "an object of DPOConfig settings"),
+    "data": (lambda v: isinstance(v, dict) and all(r is None or isinstance(r, dict) for r in v.values()),
+             "an object of data reports (objects or null)"),
+    "left_out": (lambda v: isinstance(v, dict), "an object"),
+    "total_steps": (_is_int, "an integer"), "ref_mode": (lambda v: isinstance(v, str), "a string"),
+    "summary": (lambda v: isinstance(v, dict), "an object"), "ref_cache": (lambda v: isinstance(v, dict), "an object"),
+    "nonfinite_skipped": (_is_int, "an integer"), "amp_overflow_steps": (_is_int, "an integer"),
+    "processes": (_is_int, "an integer")}
+_LEFT_OUT_TYPES = {"batch_size": _is_int, "pairs": _is_int, "per_epoch": _is_int, "never_trained": _is_int}
+
+
+def _check_meta_types(f: Path, meta: dict):
+    "A `CheckpointError` naming `f` and the key, for a meta entry of a type the readers of a History cannot use."
+    for k, (ok, what) in _META_TYPES.items():
+        v = meta.get(k)
+        if v is not None and not ok(v): raise CheckpointError(f"{f}: meta[{k!r}] is {v!r:.80}, expected {what} or null")
+    lo = meta.get("left_out")
+    if lo:  # the report reads these entries of a non-empty left_out
+        for k, ok in _LEFT_OUT_TYPES.items():
+            if not ok(lo.get(k)): raise CheckpointError(f"{f}: meta['left_out'][{k!r}] is {lo.get(k)!r:.80}, expected an integer")
+        if not isinstance(lo.get("never_trained_ids", []), list) or not isinstance(lo.get("left_out_by_epoch", {}), dict):
+            raise CheckpointError(f"{f}: meta['left_out'] needs a list never_trained_ids and an object left_out_by_epoch")
+
+
 def _read_meta(f: Path) -> dict:
     "The contents of a History's meta.json, or a `CheckpointError` naming it and what is wrong."
     try: info = json.loads(f.read_text())
@@ -513,6 +541,7 @@ def _read_meta(f: Path) -> dict:
     if not isinstance(info["meta"], dict) or not (rows is None or isinstance(rows, dict) and all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rows.values())):
         raise CheckpointError(f"{f}: 'meta' must be an object and 'rows' an object of row counts")
+    _check_meta_types(f, info["meta"])
     return info
 
 

@@ -14,9 +14,10 @@ import torch
 from .logps import model_device
 
 # %% auto #0
-__all__ = ['REF_ADAPTER', 'DTYPES', 'native_bf16', 'pick_dtype', 'bf16_lr_floor', 'prepare_master_weights', 'is_placed',
-           'process_device', 'place', 'disable_dropout', 'is_peft', 'adapters_are_identity', 'add_reference_adapter',
-           'reference_adapter', 'adapter_state', 'load_adapter_state', 'router_aux_coef', 'load_model']
+__all__ = ['REF_ADAPTER', 'DTYPES', 'ATTN_IMPLEMENTATIONS', 'native_bf16', 'pick_dtype', 'bf16_lr_floor',
+           'prepare_master_weights', 'is_placed', 'process_device', 'place', 'disable_dropout', 'is_peft',
+           'adapters_are_identity', 'add_reference_adapter', 'reference_adapter', 'adapter_state', 'load_adapter_state',
+           'router_aux_coef', 'attn_problem', 'load_model']
 
 # %% ../nbs/02b_models.ipynb #45404cae
 def native_bf16(device) -> bool:
@@ -216,6 +217,15 @@ def router_aux_coef(model, coef: float | None = None) -> float:
 
 # %% ../nbs/02b_models.ipynb #0bea35ae
 DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def attn_problem(attn_implementation: str | None) -> str | None:
+    "What is wrong with an `attn_implementation` name (None: nothing; a Hub kernel such as 'org/kernel' is let through)."
+    if attn_implementation is None or (isinstance(attn_implementation, str) and "/" in attn_implementation): return None
+    if attn_implementation in ATTN_IMPLEMENTATIONS: return None
+    return (f"attn_implementation={attn_implementation!r}: not a known attention implementation; use one of "
+            f"{', '.join(ATTN_IMPLEMENTATIONS)} (or a Hub kernel, 'org/name')")
 
 
 def load_model(name: str,  # a Hub name or a local folder
@@ -229,6 +239,7 @@ def load_model(name: str,  # a Hub name or a local folder
     "A causal LM and its tokenizer through `from_pretrained`, in the load dtype asked for (or 4-bit, prepared for QLoRA)."
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if dtype not in DTYPES: raise ValueError(f"dtype={dtype!r}: use one of {sorted(DTYPES)}")
+    if attn_problem(attn_implementation): raise ValueError(attn_problem(attn_implementation))
     tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     kw = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     if attn_implementation: kw["attn_implementation"] = attn_implementation

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 import dpo_nb
-from .data import DataWarning, PairCollator, _fmt_ids, data_report, tokenize_pairs
+from .data import DataWarning, PairCollator, PreferenceDataError, _fmt_ids, data_report, tokenize_pairs
 from .history import CheckpointError, History, _why
 from .logps import model_device, response_logps, sequence_logps, token_kl
 from .loss import LOSS_TYPES, _check_label_smoothing, dpo_loss, gradient_weight
@@ -102,6 +102,7 @@ _pos, _nonneg = (lambda v: v > 0 and math.isfinite(v), "a positive finite number
 _RANGES = dict(  # field: (test, what the value must be)
     beta=_pos, learning_rate=_pos, weight_decay=_nonneg, epochs=_pos, eval_every=_nonneg, probe_every=_nonneg,
     kl_every=_nonneg, probe_pairs=_nonneg,
+    seed=(lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy seeds only take that range)"),
     warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"),
     max_steps=(lambda v: v is None or v >= 1, "None (the epochs decide) or >= 1"),
     max_grad_norm=(lambda v: v is None or (v > 0 and math.isfinite(v)),
@@ -121,6 +122,15 @@ def _type_ok(value, annotation: str) -> bool:
             or ("str" in kinds and isinstance(value, str)))
 
 
+def _check_device(device):
+    "A device string torch can parse (whether that device is present is found when the trainer places the model)."
+    if device is None: return
+    try: torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"DPOConfig.device={device!r}: not a torch device; use e.g. 'cpu', "
+                          "'cuda', 'cuda:1', 'mps', or None (cuda, then mps, then cpu)") from None
+
+
 def check_config(cfg):
     "Refuse any DPOConfig field of the wrong type or out of its range, with a message naming the field."
     for f in fields(cfg):
@@ -130,6 +140,11 @@ def check_config(cfg):
         if getattr(cfg, name) not in allowed: raise ConfigError(f"DPOConfig.{name}={getattr(cfg, name)!r}: choose one of {allowed}")
     for name, (ok, what) in _RANGES.items():
         if not ok(getattr(cfg, name)): raise ConfigError(f"DPOConfig.{name}={getattr(cfg, name)!r}: must be {what}")
+    for f in fields(cfg):  # every float setting: no NaN, no infinity (inf weight decay or router loss trains garbage)
+        v = getattr(cfg, f.name)
+        if "float" in f.type and isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(v):
+            raise ConfigError(f"DPOConfig.{f.name}={v!r}: must be a finite number")
+    _check_device(cfg.device)
     if cfg.max_length and cfg.max_prompt_length and cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError(f"DPOConfig.max_prompt_length={cfg.max_prompt_length} leaves no room for a response within "
                           f"max_length={cfg.max_length}")
@@ -283,11 +298,43 @@ def _barrier(self):
     if self.world > 1: torch.distributed.barrier()
 
 # %% ../nbs/03_train.ipynb #d333ed2f
-def _tokenized(data, tokenizer, cfg):
-    "Tokenized pairs from any source (or as given, if already tokenized)."
-    if hasattr(data, "column_names") and "chosen_ids" in data.column_names: return data
+def _tokenized(data, tokenizer, cfg, split: str = "train", resumed: bool = False):
+    "Tokenized pairs from any source (or as given, if already tokenized within the config's limits)."
+    if hasattr(data, "column_names") and "chosen_ids" in data.column_names:
+        if not resumed: _check_lengths(data, cfg, split)
+        return data
     # `load_preferences` output goes in as it is: its report (every drop so far) goes on with it
     return tokenize_pairs(data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+
+
+def _check_lengths(ds, cfg, split: str):
+    "Already tokenized pairs are not cut again: refuse pairs longer than the config's limits, naming the first and how many."
+    import pyarrow.compute as pc
+    tb = ds.with_format("arrow")[:]  # this dataset's own rows (after a select or shuffle), as one Arrow table
+    p, c, r = (pc.list_value_length(tb.column(k)).to_numpy(zero_copy_only=False) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    checks = [(p, cfg.max_prompt_length, "max_prompt_length", "prompt"), (p + np.maximum(c, r), cfg.max_length, "max_length", "prompt + response")]
+    for n, limit, name, what in checks:
+        if limit is None or not (n > limit).any(): continue
+        i, k = int(np.flatnonzero(n > limit)[0]), int((n > limit).sum())
+        raise ConfigError(f"the {split} data holds {k} pair(s) longer than DPOConfig.{name}={limit}: pair_id {tb.column('pair_id')[i].as_py()} "
+                          f"has a {int(n[i])}-token {what}. Already tokenized pairs are not cut again: pass load_preferences "
+                          f"output so that the trainer tokenizes with the config's limits, or set {name} to the data's (or None)")
+
+def _check_token_ids(ds, n_emb: int, split: str):
+    "Refuse pairs holding a token id the embedding table has no row for (data tokenized by another tokenizer), naming the pair."
+    import pyarrow.compute as pc
+    cols = ("prompt_ids", "chosen_ids", "rejected_ids")
+    lo_hi = [pc.min_max(pc.list_flatten(ds.data.column(c))) for c in cols]  # the whole Arrow table: fast, no rows in Python
+    if all((m["min"].as_py() is None or m["min"].as_py() >= 0) and (m["max"].as_py() is None or m["max"].as_py() < n_emb)
+           for m in lo_hi): return
+    for c in cols:  # (rare) find the first pair, in this dataset's own rows (a select or shuffle of the table)
+        for pid, ids in zip(ds["pair_id"], ds[c]):
+            bad = next((i for i in ids if not 0 <= i < n_emb), None)
+            if bad is not None:
+                raise PreferenceDataError(f"{split} data: pair_id {pid} has token id {bad} in {c}, but the model's embedding "
+                                          f"table has {n_emb} rows (ids 0..{n_emb - 1}): the pairs were tokenized with another "
+                                          "tokenizer. Tokenize them with the model's own, or pass load_preferences output so "
+                                          "that the trainer does")
 
 
 class DPOTrainer:
@@ -303,8 +350,10 @@ class DPOTrainer:
                  reward_fn=None,  # optional ground-truth reward of a response text (a toy task's), scored on KL samples
                  _ref_logps: dict | None = None,  # (used by `load`) precomputed reference log-probs
                  _ref_mode: str | None = None,  # (used by `load`) the reference mode the run started with
+                 _resumed: bool = False,  # (used by `load`) the data is the checkpoint's own, tokenized as the run began
                  ):
         self.config = cfg = config or DPOConfig()
+        check_config(cfg)  # again: a config changed after it was made (cfg.batch_size = 0) is checked here, before any work
         seed_everything(cfg.seed)
         self.tokenizer = tokenizer
         self._check_vocab(model, tokenizer)
@@ -315,8 +364,11 @@ class DPOTrainer:
         if self.dist is not None and self.device.type != "cpu": self.device = self.dist.device  # this process's GPU
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must divide evenly among the {self.world} processes")
-        self.train_data = _tokenized(train_data, tokenizer, cfg)  # the data first: a bad row is found before any model work
-        self.eval_data = _tokenized(eval_data, tokenizer, cfg) if eval_data is not None else None
+        self.train_data = _tokenized(train_data, tokenizer, cfg, "train", _resumed)  # the data first: a bad row is found before any model work
+        self.eval_data = _tokenized(eval_data, tokenizer, cfg, "eval", _resumed) if eval_data is not None else None
+        n_emb = min(m.get_input_embeddings().num_embeddings for m in (model, ref_model) if m is not None)
+        for split, ds in (("train", self.train_data), ("eval", self.eval_data)):
+            if ds is not None: _check_token_ids(ds, n_emb, split)
         self.data_report = data_report(self.train_data)
         self.eval_data_report = data_report(self.eval_data) if self.eval_data is not None else None
         precision = self._prepare_models(model, ref_model, _ref_mode)
@@ -893,6 +945,7 @@ def _load_policy(folder, how: dict | None):
 
 # %% ../nbs/03_train.ipynb #df12af1f
 _STATE = "trainer_state.pt"
+_RESUME_FIXED = ("batch_size", "grad_accum_steps", "seed", "group_by_length", "max_length", "max_prompt_length")
 _STATE_KEYS = ("step", "nonfinite_skipped", "total_steps", "optimizer", "scheduler", "ref_mode", "ref_logps", "probe_ref", "rng")
 
 
@@ -1028,7 +1081,13 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
     path = Path(path)
     if not (path / _STATE).exists(): raise FileNotFoundError(f"{path} is not a dpo_nb checkpoint (no {_STATE})")
     state = _read_state(path / _STATE)  # every file is checked first, cheapest first; the models are loaded last
-    cfg = DPOConfig.from_dict({**_read_json(path / "config.json", dict), **config_overrides})
+    saved_cfg = _read_json(path / "config.json", dict)
+    for k in _RESUME_FIXED:  # the batches and tokens of a resumed run are the saved run's: no override may change them
+        if k in config_overrides and k in saved_cfg and config_overrides[k] != saved_cfg[k]:
+            raise ConfigError(f"DPOTrainer.load: {k}={config_overrides[k]!r} differs from the saved run's {k}={saved_cfg[k]!r}; "
+                              f"a resumed run keeps its batch plan and tokens ({', '.join(_RESUME_FIXED)} cannot change). "
+                              "Start a new run (DPOTrainer(...)) to use other values")
+    cfg = DPOConfig.from_dict({**saved_cfg, **config_overrides})
     if not (path / "history" / "meta.json").exists(): raise CheckpointError(f"{path / 'history' / 'meta.json'}: missing")
     history = History.load(path / "history")
     rows = state.get("data_rows") or {}  # (checkpoints before data_rows: not checked)
@@ -1052,7 +1111,7 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
         ref_model = saved(lambda: AutoModelForCausalLM.from_pretrained(path / "ref_model"), path / "ref_model")
     t = cls(model, tok, train, cfg, ref_model=ref_model, eval_data=ev, callbacks=callbacks,
             history=history, reward_fn=reward_fn, _ref_logps=state["ref_logps"],
-            _ref_mode=state["ref_mode"] if state["ref_mode"] in ("adapters", "adapter_copy") else None)
+            _ref_mode=state["ref_mode"] if state["ref_mode"] in ("adapters", "adapter_copy") else None, _resumed=True)
     if t.ref_mode == "adapter_copy" and state.get("ref_adapter"): load_adapter_state(t.model, state["ref_adapter"])
     if cfg.precompute_ref and not t.ref_logps: t.ref_logps = t._precompute_reference()  # asked for on resume: the reference is at hand
     t.step, t.nonfinite_skipped, t.total_steps = state["step"], state["nonfinite_skipped"], state["total_steps"]

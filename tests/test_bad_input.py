@@ -333,3 +333,98 @@ def test_left_out_pairs_are_warned_recorded_and_reported(tok, tmp_path):
     t.fit()
     html = write_report(t.history, tmp_path / "r").read_text()
     assert "leave 2 out of every epoch" in html and ", ".join(map(str, lo["never_trained_ids"])) in html
+
+
+# ---------------------------------------------------------------- more rows and sources that were silently wrong
+
+def test_text_that_spells_a_special_token_is_flagged_or_dropped():
+    t = word_tokenizer(WORDS)
+    ds = quiet(tokenize_pairs, [dict(prompt="the film", chosen="<eos>", rejected=" bad"),            # nothing but EOS: dropped
+                                dict(prompt="the film", chosen=" good <eos> very bad", rejected=" bad"),  # EOS mid-response
+                                dict(prompt="the <bos> film", chosen=" good", rejected=" bad"),          # BOS mid-prompt
+                                dict(prompt="<bos> the film", chosen=" good <eos>", rejected=" bad")], t)  # where they belong
+    f = ds.report.to_frame()
+    assert ds["pair_id"] == [1, 2, 3]
+    assert f[(f.pair_id == 0)].iloc[0][["reason", "field"]].tolist() == ["empty_response", "chosen"]
+    flags = {(r.pair_id, r.field): r.detail for r in f[f.reason == "special_token_text"].itertuples()}
+    assert flags == {(1, "chosen"): "spells <eos>", (2, "prompt"): "spells <bos>"}
+    conv = quiet(tokenize_pairs, [dict(prompt=[u("the film")], chosen=[a("<eos>")], rejected=[a("bad")]),
+                                  dict(prompt=[u("the film")], chosen=[a("good")], rejected=[a("bad")])], tok_with_chat())
+    assert conv["pair_id"] == [1] and conv.report.ids("empty_response") == [0]
+
+
+def tok_with_chat():
+    t = word_tokenizer(WORDS); t.chat_template = CHAT
+    return t
+
+
+def test_rows_changed_after_loading_are_checked_again(tok):
+    ds = quiet(load_preferences, rows(4)).map(lambda r: dict(chosen="" if r["pair_id"] == 0 else r["chosen"],
+                                                             rejected=r["chosen"] if r["pair_id"] == 1 else r["rejected"]))
+    with pytest.warns(DataWarning, match="dropped 2 of 4"):
+        t = tokenize_pairs(ds, word_tokenizer(WORDS))
+    f = t.report.to_frame().set_index("pair_id")
+    assert t["pair_id"] == [2, 3] and f.loc[0, "reason"] == "empty_response" and f.loc[1, "reason"] == "identical"
+    assert (f.stage == "tokenize").all() and f.detail.str.startswith("changed after loading").all()
+
+
+@pytest.mark.parametrize("src,message", [
+    ([dict(prompt="p", chosen="\ud800", rejected="b")], "row 0, field 'chosen': holds a lone surrogate"),
+    ([dict(prompt=[u("hi\udfff")], chosen=[a("a")], rejected=[a("b")])], "field 'prompt[0].content': holds a lone surrogate"),
+    ([dict(pair_id=2**70, prompt="p", chosen="a", rejected="b")], "row 0, field 'pair_id': expected an int (64-bit)"),
+    ([dict(pair_id=1, prompt="p", chosen="a", rejected="b"), dict(prompt="q", chosen="a", rejected="b")], "row 1, field 'pair_id': expected an int (64-bit), got missing"),
+    (dict(prompt="hello", chosen="great", rejected="awful"), "'prompt' holds a str; for one pair pass a list of one dict"),
+    ({"prompt": ["a", "b"], "chosen": ["c"], "rejected": ["d", "e"]}, "columns have different lengths"),
+])
+def test_sources_wrong_in_their_shape_are_errors_naming_row_and_field(src, message):
+    with pytest.raises(PreferenceDataError) as ei: load_preferences(src)
+    assert message in str(ei.value), str(ei.value)
+
+
+def test_file_errors_name_the_file_for_columns_ids_and_keys(tmp_path):
+    cases = {"semi.csv": (b"prompt;chosen;rejected\na;b;c\n", "missing column 'chosen'"),
+             "ids.jsonl": (GOOD + b'{"pair_id": "x", "prompt": "a", "chosen": "b", "rejected": "c"}\n', "row 0, field 'pair_id': expected an int (64-bit), got missing"),
+             "rows.json": (b'[["a", "b", "c"]]', "row 0: expected a dict"),
+             "dupkey.jsonl": (b'{"prompt": "p", "chosen": "good", "chosen": "bad", "rejected": "bad"}\n', "line 1: the key 'chosen' appears twice"),
+             "dupkey.json": (b'[{"prompt": "p", "prompt": "q", "chosen": "a", "rejected": "b"}]', "the key 'prompt' appears twice")}
+    for name, (data, message) in cases.items():
+        p = write(tmp_path / name, data)
+        with pytest.raises(PreferenceDataError) as ei: load_preferences(p)
+        assert p.name in str(ei.value) and message in str(ei.value), (name, str(ei.value))
+    p = write(tmp_path / "ids.csv", b"pair_id,prompt,chosen,rejected\n7,a,b,c\n-3,d,e,f\n")  # CSV cells of digits are ids
+    assert load_preferences(p)["pair_id"] == [7, -3]
+
+
+def test_bad_options_are_refused(tmp_path):
+    import pandas as pd
+    r = rows(2)
+    for kw, message in ((dict(columns={"promtp": "prompt"}), "unknown key(s) ['promtp']"),
+                        (dict(columns={"prompt": "chosen", "chosen": "chosen"}), "mapped to more than one field"),
+                        (dict(keep_columns=["chosen"]), "kept anyway"),
+                        (dict(human_marker="", assistant_marker="\n\nAssistant:"), "two different, non-blank markers"),
+                        (dict(human_marker="X:", assistant_marker="X:"), "two different, non-blank markers")):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+            load_preferences(r, **kw)
+    with pytest.raises(TypeError, match="not the str 'score'"): load_preferences(r, keep_columns="score")
+    with pytest.raises(PreferenceDataError, match="the column 's' cannot be stored"):
+        load_preferences([dict(r[0], s=1), dict(r[1], s="x")], keep_columns=["s"])
+    with pytest.raises(PreferenceDataError, match=r"the DataFrame has the column\(s\) \['chosen'\] more than once"):
+        load_preferences(pd.DataFrame([["p", "a", "b", "c"]], columns=["prompt", "chosen", "rejected", "chosen"]))
+    t = word_tokenizer(WORDS)
+    for kw in (dict(max_prompt_length=True), dict(max_length=False), dict(max_length=0)):
+        with pytest.raises(ValueError, match="must be a positive int or None"): tokenize_pairs(r, t, **kw)
+    with pytest.raises(TypeError, match="pass a tokenizer"): tokenize_pairs(r, "gpt2")
+    with pytest.raises(TypeError, match="not True"): split_pairs(quiet(load_preferences, rows(12)), True)
+    model_dir = tmp_path / "model"; save_tiny_model(model_dir, WORDS)
+    with pytest.raises(PreferenceDataError, match="failed"): load_preferences(str(model_dir))  # a folder of no data
+
+
+def test_roles_are_read_in_any_case_and_combining_marks_alone_are_blank():
+    d = load_preferences([dict(chosen=[{"from": "Human", "value": "hi"}, {"from": "GPT", "value": "g"}],
+                               rejected=[{"from": "HUMAN", "value": "hi"}, {"from": "gpt", "value": "b"}]),
+                          dict(prompt=[{"role": "User", "content": "hi"}], chosen=[{"role": "Assistant", "content": "a"}],
+                               rejected=[{"role": "assistant", "content": "b"}])])
+    assert d[0]["prompt"] == [u("hi")] and d[0]["chosen"] == [a("g")] and d[1]["chosen"] == [a("a")]
+    assert len(d.report.flags) == 0
+    z = quiet(load_preferences, [dict(prompt="Q", chosen="\u0301\u0301", rejected="b"), dict(prompt="Q", chosen="e\u0301", rejected="b")])
+    assert z["pair_id"] == [1] and z.report.to_frame().detail[0] == "only invisible characters: U+0301 x2"
