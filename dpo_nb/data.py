@@ -331,6 +331,8 @@ def _read_file(path, kind, gz):
         raise PreferenceDataError(f"{where}: expected a list of rows, JSON lines, or {{column: [values]}}; found a {type(obj).__name__}")
     return obj
 
+
+# %% ../nbs/00_data.ipynb #a063fa14
 def _pick_split(dd, split, what):
     "Choose one split of a (Iterable)DatasetDict, or say which exist."
     names = list(dd.keys())

@@ -988,6 +988,7 @@ def save(self, path) -> Path:
     return path
 
 
+# %% ../nbs/03_train.ipynb #26b968da
 def _read_json(f: Path, kind=None):
     "A JSON file of a checkpoint, or a `CheckpointError` naming it: missing, cut short, garbled, or not a `kind`."
     if not f.is_file(): raise CheckpointError(f"{f}: missing")
@@ -1071,7 +1072,7 @@ def _read_data(folder: Path, rows: int | None):
     if rows is not None and len(ds) != rows: raise CheckpointError(f"{folder}: {len(ds)} rows, but {rows} were saved")
     return ds
 
-
+# %% ../nbs/03_train.ipynb #2edf7eff
 @classmethod
 def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, **config_overrides) -> "DPOTrainer":
     """A trainer restored from `save(path)`: model, data, optimizer, scheduler, random state and history. A damaged
