@@ -86,8 +86,7 @@ def run_demo(steps: int = DEMO_DEFAULTS["steps"], beta: float = DEMO_DEFAULTS["b
                "steps": trainer.step, "seconds": round(time.perf_counter() - t0, 1)}
     out = Path(out)
     hist.meta["summary"] = summary
-    write_report(hist, out, summary=summary, title=f"dpo_nb demo: {loss_type}, beta={beta}",
-)  # also writes summary.json; the data section comes from the History
+    write_report(hist, out, summary=summary, title=f"dpo_nb demo: {loss_type}, beta={beta}")  # also summary.json; data section from the History
     torch.set_num_threads(threads)
     return summary
 

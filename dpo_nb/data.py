@@ -11,12 +11,14 @@ __all__ = ['REASONS', 'FORMATS', 'PreferenceDataError', 'PreferenceTypeError', '
 
 # %% ../nbs/00_data.ipynb #76cf9834
 import ast
+import codecs
 import csv
 import gzip
 import io
 import json
 import logging
 import math
+import re
 import unicodedata
 import warnings
 import zlib
@@ -250,7 +252,8 @@ def _read_bytes(path, gz, where):
 
 def _decode(data: bytes, where) -> str:
     "UTF-8 text (a leading byte-order mark dropped); bytes that are not UTF-8 are an error naming the line."
-    try: return data.decode('utf-8-sig')
+    if data.startswith(codecs.BOM_UTF8): data = data[len(codecs.BOM_UTF8):]  # (before decoding: error offsets stay the file's)
+    try: return data.decode('utf-8')
     except UnicodeDecodeError as e:
         line, col = data.count(b'\n', 0, e.start) + 1, e.start - data.rfind(b'\n', 0, e.start)
         raise PreferenceDataError(f"{where}, line {line}: not valid UTF-8 (byte {data[e.start:e.start + 1]!r} at column "
@@ -265,6 +268,10 @@ def _no_duplicate_keys(pairs):
 
 def _json(text):
     return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+
+def _parses(line):
+    try: json.loads(line); return True
+    except ValueError: return False
 
 def _read_json_lines(text, where):
     rows = []
@@ -306,7 +313,7 @@ def _read_file(path, kind, gz):
     "Read a file into rows or columns; damage (bad bytes, bad JSON, ragged CSV) is an error naming the file and line."
     where = f"file {path}"
     if kind == 'parquet':
-        import pyarrow as pa, pyarrow.parquet as pq
+        import pyarrow.parquet as pq
         try: return pq.read_table(io.BytesIO(_read_bytes(path, gz, where)) if gz else path).to_pydict()
         except (pa.ArrowException, OSError) as e:
             raise PreferenceDataError(f"{where}: not a readable Parquet file ({e})") from None
@@ -318,7 +325,8 @@ def _read_file(path, kind, gz):
     try: obj = _json(text)
     except ValueError as e:
         if not isinstance(e, json.JSONDecodeError): raise PreferenceDataError(f"{where}: {e}") from None
-        if text.lstrip()[:1] == '[':  # one JSON document, broken
+        head = text.lstrip()[:1]
+        if head == '[' or (head == '{' and not _parses(text.lstrip().split('\n', 1)[0])):  # one JSON document, broken
             raise PreferenceDataError(f"{where}, line {e.lineno}: not valid JSON ({e.msg})") from None
         return _read_json_lines(text, where)  # `.json` files holding JSON lines are common (datasets reads them too)
     if isinstance(obj, dict):
@@ -389,7 +397,7 @@ def _read_source(source, split=None, name=None, **load_kwargs):
 def _to_columns(data, where='the source'):
     "Rows (list of dicts) or columns -> `(columns, n_rows)`; keys missing from a row become `_MISSING`."
     if isinstance(data, Mapping):
-        flat = [k for k, v in data.items() if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray))]
+        flat = [k for k, v in data.items() if isinstance(v, (str, bytes, Mapping)) or not hasattr(v, '__len__')]
         if flat: raise PreferenceDataError(f"{where}: a dict source maps each column to a list of values, but {flat[0]!r} holds a "
                                            f"{type(data[flat[0]]).__name__}; for one pair pass a list of one dict: [{{...}}]")
         lens = {k: len(v) for k, v in data.items()}
@@ -588,7 +596,7 @@ def _pair_ids(cols, n, where, from_text=False):
     out = []
     for i, v in enumerate(cols['pair_id']):
         v = _py(v)
-        if from_text and isinstance(v, str) and v.strip().lstrip('-').isdigit(): v = int(v)
+        if from_text and isinstance(v, str) and v.strip().removeprefix('-').isdecimal() and v.strip().isascii(): v = int(v)
         if isinstance(v, float) and v.is_integer(): v = int(v)  # a pandas column turned float by a NaN elsewhere
         if isinstance(v, bool) or not isinstance(v, int) or not -2**63 <= v < 2**63:
             what = 'missing' if v is _MISSING else 'NaN' if isinstance(v, float) and math.isnan(v) else f"{type(v).__name__} {_short(v)}"
@@ -838,8 +846,8 @@ def _bare(text, side, tokenizer):
 def _merged(prev, new):
     "`prev` (the report the data came with) plus what checking the rows again found: rows changed after loading."
     rep, have = prev.copy(), {(i.kind, i.reason, i.pair_id) for i in prev.issues}
-    for i in new.issues:
-        if (i.kind, i.reason, i.pair_id) not in have:
+    for i in new.issues:  # (repeats are the first load's to find: "earlier" depends on a row order a shuffle changes)
+        if (i.kind, i.reason, i.pair_id) not in have and i.reason not in ('duplicate', 'reversed_duplicate'):
             rep.issues.append(Issue('tokenize', i.kind, i.reason, i.pair_id, i.field,
                                     f"changed after loading: {i.detail}" if i.detail else "changed after loading"))
     rep.n_kept = new.n_kept
@@ -895,7 +903,8 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
     if conv and not (chat_template or getattr(tokenizer, 'chat_template', None)):
         raise PreferenceDataError("conversational pairs need a chat template: set tokenizer.chat_template or pass chat_template=...")
     cols = data.to_dict()
-    specials = [t for t in getattr(tokenizer, 'all_special_tokens', []) if t]
+    specials = sorted((t for t in getattr(tokenizer, 'all_special_tokens', []) if t), key=len, reverse=True)
+    spells = re.compile('|'.join(map(re.escape, specials))) if specials else None  # one scan of each text for all of them
     special_ids = set(getattr(tokenizer, 'all_special_ids', [])) - {getattr(tokenizer, 'unk_token_id', None)}  # (<unk> stands for real text)
     n_in = len(cols['pair_id'])
     # 1. texts
@@ -930,8 +939,8 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
         budget = None if max_length is None else max_length - len(pt)
         row = dict(pair_id=pid, prompt_ids=pt, prompt_truncated=len(pi) - len(pt), boundary_merge=bool(merged),
                    prompt_text=P[j])
-        spelled = {side: sorted({t for t in specials for x in _contents(cols[side][i]) if t in (x if conv else _bare(x, side, tokenizer))})
-                   for side in ('prompt', 'chosen', 'rejected')}
+        spelled = {side: sorted({m for x in _contents(cols[side][i]) for m in spells.findall(x if conv else _bare(x, side, tokenizer))})
+                   if spells else [] for side in ('prompt', 'chosen', 'rejected')}
         dropped = False
         for side, ids, text in (('chosen', c_ids[j], C[j]), ('rejected', r_ids[j], R[j])):
             ids, h = _end_with_one_eos(ids, eos, tokenizer)

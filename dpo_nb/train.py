@@ -1000,7 +1000,7 @@ def _read_json(f: Path, kind=None):
 
 def _read_state(f: Path) -> dict:
     "The trainer state of a checkpoint, or a `CheckpointError` naming it when it is cut short, garbled or incomplete."
-    try: state = torch.load(f, weights_only=False)
+    try: state = torch.load(f, map_location="cpu", weights_only=False)  # (a GPU run's state loads anywhere; load_state_dict moves it)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, ImportError, AttributeError) as e:
         if isinstance(e, torch.OutOfMemoryError): raise
         raise CheckpointError(f"{f}: unreadable, cut short or garbled ({_why(e)})") from e

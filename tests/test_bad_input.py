@@ -383,7 +383,12 @@ def test_sources_wrong_in_their_shape_are_errors_naming_row_and_field(src, messa
 
 def test_file_errors_name_the_file_for_columns_ids_and_keys(tmp_path):
     cases = {"semi.csv": (b"prompt;chosen;rejected\na;b;c\n", "missing column 'chosen'"),
-             "ids.jsonl": (GOOD + b'{"pair_id": "x", "prompt": "a", "chosen": "b", "rejected": "c"}\n', "row 0, field 'pair_id': expected an int (64-bit), got missing"),
+             "ids.jsonl": (b'{"pair_id": 0, "prompt": "a", "chosen": "b", "rejected": "c"}\n{"pair_id": "x", "prompt": "a", "chosen": "b", "rejected": "c"}\n',
+                           "row 1, field 'pair_id': expected an int (64-bit), got str 'x'"),
+             "missing_id.jsonl": (GOOD + b'{"pair_id": 3, "prompt": "a", "chosen": "b", "rejected": "c"}\n', "row 0, field 'pair_id': expected an int (64-bit), got missing"),
+             "super_id.csv": ("pair_id,prompt,chosen,rejected\n\u00b2,a,b,c\n".encode(), "row 0, field 'pair_id': expected an int (64-bit), got str"),
+             "bom_bad.csv": (b"\xef\xbb\xbfprompt,chosen,rejected\na,b,c\n\xe9,b,c\n", "line 3: not valid UTF-8 (byte b'\\xe9' at column 1)"),
+             "broken_object.json": (b'{"data": [\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": oops}\n]}', "line 3: not valid JSON"),
              "rows.json": (b'[["a", "b", "c"]]', "row 0: expected a dict"),
              "dupkey.jsonl": (b'{"prompt": "p", "chosen": "good", "chosen": "bad", "rejected": "bad"}\n', "line 1: the key 'chosen' appears twice"),
              "dupkey.json": (b'[{"prompt": "p", "prompt": "q", "chosen": "a", "rejected": "b"}]', "the key 'prompt' appears twice")}
@@ -428,3 +433,28 @@ def test_roles_are_read_in_any_case_and_combining_marks_alone_are_blank():
     assert len(d.report.flags) == 0
     z = quiet(load_preferences, [dict(prompt="Q", chosen="\u0301\u0301", rejected="b"), dict(prompt="Q", chosen="e\u0301", rejected="b")])
     assert z["pair_id"] == [1] and z.report.to_frame().detail[0] == "only invisible characters: U+0301 x2"
+
+
+def test_a_split_then_tokenized_keeps_only_the_first_loads_findings(tok):
+    loaded = quiet(load_preferences, rows(16) + rows(4))  # 4 repeats, flagged once each at load
+    tr, ev = split_pairs(loaded, test_size=0.25, seed=1)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        t = tokenize_pairs(tr, word_tokenizer(WORDS))
+    assert not any("changed after loading" in i.detail for i in t.report.issues)
+    assert not any("duplicate" in str(x.message) for x in w)  # warned once, at load
+    assert set(t.report.ids("duplicate")) == set(tr.report.ids("duplicate"))
+
+
+def test_a_dict_of_series_or_arrays_is_columns():
+    import numpy as np, pandas as pd
+    d = load_preferences({"prompt": pd.Series(["a", "b"]), "chosen": np.array(["c", "d"]), "rejected": ("e", "f")})
+    assert d["chosen"] == ["c", "d"]
+
+
+def test_the_report_lists_every_drop_and_counts_the_flags_past_its_limit():
+    from dpo_nb.report import data_report_html
+    rep = quiet(load_preferences, [dict(prompt=f"q{i}", chosen="a", rejected="b") for i in range(5)] * 2
+                + [dict(prompt="q", chosen="a", rejected="a")]).report  # 5 duplicates flagged, 1 drop
+    html = data_report_html(rep, max_rows=2)
+    assert html.count("<tr>") == 1 + 2 and "3 more flags are counted above" in html and "identical" in html

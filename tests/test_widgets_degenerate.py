@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import pytest
 
 from dpo_nb.history import History, synthetic_history
-from dpo_nb.plots import NO_PROBE_TOKENS, plot_training_curves
+from dpo_nb.plots import plot_training_curves
 from dpo_nb.report import report_figures, write_report
 from dpo_nb.widgets import RANKINGS, MarginExplorer, PairInspector, TrainingDashboard, WhatIf, plot_replay
 
@@ -322,7 +322,6 @@ def test_one_step_curve_is_drawn_with_a_marker(H):
     assert {t.name: t.mode for t in f.data}["loss"] == "lines+markers"
     f = plot_training_curves(H["no KL"])
     assert {t.name: t.mode for t in f.data}["loss"] == "lines" and {t.name: t.mode for t in f.data}["eval loss"] == "lines+markers"
-    assert NO_TOKENS in NO_PROBE_TOKENS and PROBE_SETTINGS in NO_PROBE_TOKENS
 
 
 # --- a real one-step toy run without probes or a reference model -----------------------------------------------------
