@@ -143,7 +143,8 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     else: ev = None
     from transformers import AutoTokenizer  # tokenized before the model loads too: a row the chat template refuses stops here
     tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-    train, ev = (tokenize_pairs(d, tok, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length) if d is not None
+    train, ev = (tokenize_pairs(d, tok, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                                chat_template_kwargs=cfg.chat_template_kwargs) if d is not None
                  else None for d in (train, ev))
     how = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     policy, tok = load_model(model, load_in_4bit=load_in_4bit, device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing, **how)
@@ -166,6 +167,14 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     return out
 
 # %% ../nbs/09_cli.ipynb #ddcd4dc9
+def _json_object(s: str) -> dict:
+    "A JSON object given on the command line."
+    try: v = json.loads(s)
+    except ValueError as e: raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s!r}") from None
+    if not isinstance(v, dict): raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {s!r}")
+    return v
+
+
 def _flag(s: str) -> bool | None:
     "A yes/no flag value; 'auto' (or 'none') leaves the setting to its default."
     s = s.lower()
@@ -203,6 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers' choice)")
     t.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
     t.add_argument("--config", help="JSON file of DPOConfig settings")
+    t.add_argument("--chat-template-kwargs", dest="chat_template_kwargs", type=_json_object, default=None, metavar="JSON",
+                   help='chat template variables, e.g. \'{"enable_thinking": false}\' (DPOConfig.chat_template_kwargs)')
     t.add_argument("--out", default="dpo_nb_run", help="folder for model/, checkpoint/, history/, report.html")
     for f in fields(DPOConfig):  # every config field as an optional flag, overriding --config
         if f.type in ("float", "int", "str", "bool", "float | None", "int | None", "str | None", "bool | None"):

@@ -43,21 +43,26 @@ REASONS = {
     'identical': "chosen == rejected: there is nothing to prefer",
     'no_shared_prompt': "chosen and rejected share no prompt (no shared assistant turn marker / leading turns)",
     'prompt_ends_with_assistant': "the prompt's last turn is an assistant turn: each response would start by closing it (a second EOS)",
+    'non_text_content': "a message holds parts that are not text (image, audio, ...): a text model cannot read them",
     'duplicate': "the same prompt, chosen and rejected as an earlier row: it counts twice (flagged; dropped with duplicates='drop')",
     # flags at load time
     'reversed_duplicate': "an earlier row has the same prompt with chosen and rejected swapped: the two pull in opposite directions",
+    'unknown_role': "a message's role is none of system, developer, user, assistant, tool, function, ipython: most chat templates refuse it or render it as text",
+    'not_alternating': "the turns do not alternate user/assistant (after a leading system turn; tool results after an assistant turn): strict templates (Llama 2, Mistral, Gemma) refuse such rows",
     # flags (or drops with later_turns='drop') at load time
     'later_turns': "a response holds later turns; they stay in the response",
     'parted_early': "chosen and rejected part ways before the last assistant turn; prompt = up to the last shared one",
     # drops at tokenization
-    'template_mismatch': "the chat template's full conversation does not start with its rendered prompt",
+    'template_error': "the chat template refused the row (its own message in the detail): a role it does not know, a system turn it does not take, turns out of order",
+    'tools_not_rendered': "the row has tool calls, tool results or tools the chat template renders no trace of: the model would be trained on a conversation without them",
     'truncated_to_empty': "truncation left no token of a response",
     'identical_tokens': "chosen and rejected are the same token ids (after truncation): the pair has no gradient",
     # flags at tokenization
     'prompt_truncated': "prompt cut from the left to max_prompt_length",
     'chosen_truncated': "chosen cut from the right (its EOS with it) to fit max_length",
     'rejected_truncated': "rejected cut from the right (its EOS with it) to fit max_length",
-    'boundary_merge': "prompt+response tokenized as one text cuts differently at the boundary",
+    'boundary_merge': "the prompt's last tokens and the response's first merge when tokenized as one text",
+    'template_mismatch': "the chat template renders the prompt alone differently from the prompt before a response (the whole conversation is kept; the prompt is cut to what they share, as TRL does)",
     'special_token_text': "the text spells a special token ('</s>', '<|im_end|>', ...), which the tokenizer reads as that token: an EOS inside a response ends it early",
 }
 
@@ -437,7 +442,8 @@ def split_implicit(chosen: str,                        # whole transcript of the
 
 # %% ../nbs/00_data.ipynb #019e7aac
 _ROLE_ALIASES = {'human': 'user', 'gpt': 'assistant', 'bot': 'assistant'}
-_ROLES = {'user', 'assistant', 'system', 'tool', 'developer', *_ROLE_ALIASES}  # read in any case; other roles as given
+_KNOWN_ROLES = {'system', 'developer', 'user', 'assistant', 'tool', 'function', 'ipython'}  # the roles chat templates know
+_ROLES = {*_KNOWN_ROLES, *_ROLE_ALIASES}  # read in any case; other roles as given (and flagged: `unknown_role`)
 
 def split_conversation(chosen: list,   # messages of the preferred conversation
                        rejected: list, # messages of the other one
@@ -495,31 +501,6 @@ def _short(v, n=40):
     s = repr(v)
     return s if len(s) <= n else s[:n] + '...'
 
-def _messages(v, fld, prompt_ok=False):
-    "Normalise a conversational field to a list of {'role', 'content'} dicts."
-    if _is_null(v): raise _Drop('non_text', fld, _null_name(v))
-    v = _py(v)
-    if isinstance(v, str):
-        if prompt_ok: return [{'role': 'user', 'content': v}]
-        raise _Bad(fld, f"expected a list of {{role, content}} messages, got str {_short(v)}")
-    if isinstance(v, Mapping): v = [v]
-    if not isinstance(v, list): raise _Bad(fld, f"expected a list of {{role, content}} messages, got {type(v).__name__}")
-    out = []
-    for j, m in enumerate(v):
-        f = f"{fld}[{j}]"
-        if not isinstance(m, Mapping): raise _Bad(f, f"expected a {{role, content}} message, got {type(m).__name__} {_short(m)}")
-        role = m.get('role', m.get('from', _MISSING))
-        content = m.get('content', m.get('value', _MISSING))
-        if role is _MISSING or content is _MISSING:
-            raise _Bad(f, f"a message needs 'role' and 'content'; found keys {sorted(m)}")
-        if not isinstance(role, str): raise _Bad(f + '.role', f"expected str, got {type(role).__name__}")
-        if _is_null(content): raise _Drop('non_text', f + '.content', _null_name(content))
-        if not isinstance(content, str): raise _Bad(f + '.content', f"expected text (str), got {type(content).__name__} {_short(content)}")
-        r = role.strip().lower()  # 'User', 'Human', 'GPT': the names chat templates test for are lower case
-        r = _ROLE_ALIASES.get(r, r) if r in _ROLES else role
-        out.append({'role': r, 'content': _unicode(content, f + '.content')})
-    return out
-
 # characters that draw nothing: whitespace, format (zero-width space and joiners, BOM, soft hyphen), controls,
 # combining marks with nothing to combine with, variation selectors, and blank-looking letters (Hangul fillers, the braille blank)
 _INVISIBLE = set('\u034f\u115f\u1160\u2800\u3164\uffa0') | {chr(c) for c in (*range(0xfe00, 0xfe10), *range(0xe0100, 0xe01f0))}
@@ -529,7 +510,7 @@ def _invisible(ch): return ch.isspace() or ch in _INVISIBLE or unicodedata.categ
 def _blank_text(s): return all(_invisible(ch) for ch in s)  # stops at the first visible character
 
 def _blank(v):
-    return _blank_text(v) if isinstance(v, str) else all(_blank_text(m['content']) for m in v)
+    return _blank_text(v) if isinstance(v, str) else all(_blank_text(m['content']) and not m.get('tool_calls') for m in v)
 
 def _blank_detail(v):
     "Why a blank value is blank: its repr, or the invisible characters it is made of."
@@ -537,6 +518,102 @@ def _blank_detail(v):
     if not s.strip(): return _short(v)
     seen = Counter(f"U+{ord(ch):04X}" for ch in s if not ch.isspace())
     return 'only invisible characters: ' + ', '.join(f"{k} x{n}" for k, n in seen.most_common(5))
+
+# %% ../nbs/00_data.ipynb #458fbff5
+_EXTRA = ('tool_calls', 'name', 'tool_call_id')  # message keys kept beside role and content (tool use)
+
+def _content(v, f):
+    "A message's content as text: a str, or a list of parts whose text parts are joined (non-text parts: a drop)."
+    if isinstance(v, str): return _unicode(v, f)
+    parts = [v] if isinstance(v, Mapping) else v
+    if not isinstance(parts, list) or not all(isinstance(p, Mapping) for p in parts):
+        raise _Bad(f, f"expected text (str) or a list of {{'type': 'text', 'text': ...}} parts, got {type(v).__name__} {_short(v)}")
+    other = sorted({str(p.get('type')) for p in parts} - {'text'})
+    if other: raise _Drop('non_text_content', f, f"parts of type {', '.join(other)}")
+    for j, p in enumerate(parts):
+        if not isinstance(p.get('text'), str): raise _Bad(f"{f}[{j}].text", f"a text part needs a 'text' str; found {_short(p)}")
+    return _unicode(''.join(p['text'] for p in parts), f)
+
+def _tool_calls(v, f):
+    "A message's tool calls as JSON text, or None when it has none."
+    if _is_null(v): return None
+    v = _py(v)
+    if isinstance(v, str):
+        try: v = json.loads(v)
+        except ValueError: raise _Bad(f, f"tool calls given as text must be JSON, got {_short(v)}") from None
+    if v == []: return None
+    if not isinstance(v, list) or not all(isinstance(c, Mapping) for c in v): raise _Bad(f, f"expected a list of tool calls, got {_short(v)}")
+    for j, c in enumerate(v):
+        fn = c.get('function', c)
+        if not isinstance(fn, Mapping) or not isinstance(fn.get('name'), str):
+            raise _Bad(f"{f}[{j}]", f"a tool call needs a function name ({{'function': {{'name': ..., 'arguments': ...}}}}); got {_short(c)}")
+    return json.dumps(v, ensure_ascii=False)
+
+# %% ../nbs/00_data.ipynb #e96c1ba5
+def _message(m, f):
+    "One message as {'role', 'content'} (plus its tool-use keys, if any)."
+    if not isinstance(m, Mapping): raise _Bad(f, f"expected a {{role, content}} message, got {type(m).__name__} {_short(m)}")
+    role = m.get('role', m.get('from', _MISSING))
+    content = m.get('content', m.get('value', _MISSING))
+    calls = _tool_calls(m.get('tool_calls'), f + '.tool_calls')
+    if role is _MISSING or (content is _MISSING and calls is None):
+        raise _Bad(f, f"a message needs 'role' and 'content'; found keys {sorted(m)}")
+    if not isinstance(role, str): raise _Bad(f + '.role', f"expected str, got {type(role).__name__}")
+    if _is_null(content) and calls is None: raise _Drop('non_text', f + '.content', _null_name(content))
+    r = role.strip().lower()  # 'User', 'Human', 'GPT': the names chat templates test for are lower case
+    out = {'role': _ROLE_ALIASES.get(r, r) if r in _ROLES else role,
+           'content': '' if _is_null(content) else _content(content, f + '.content')}
+    if calls is not None: out['tool_calls'] = calls
+    for k in ('name', 'tool_call_id'):
+        if not _is_null(m.get(k)):
+            if not isinstance(m[k], str): raise _Bad(f"{f}.{k}", f"expected str, got {type(m[k]).__name__}")
+            out[k] = m[k]
+    return out
+
+def _messages(v, fld, prompt_ok=False):
+    "Normalise a conversational field to a list of {'role', 'content'} dicts."
+    if _is_null(v): raise _Drop('non_text', fld, _null_name(v))
+    v = _py(v)
+    if isinstance(v, str):
+        if prompt_ok: return [{'role': 'user', 'content': v}]
+        raise _Bad(fld, f"expected a list of {{role, content}} messages, got str {_short(v)}")
+    if isinstance(v, Mapping): v = [v]
+    if not isinstance(v, list): raise _Bad(fld, f"expected a list of {{role, content}} messages, got {type(v).__name__}")
+    return [_message(m, f"{fld}[{j}]") for j, m in enumerate(v)]
+
+def _chat_messages(msgs):
+    "Stored messages back to what `apply_chat_template` takes: no None keys, tool calls as lists again."
+    return [{k: json.loads(x) if k == 'tool_calls' else x for k, x in m.items() if x is not None} for m in msgs]
+
+# %% ../nbs/00_data.ipynb #2cf2cc9a
+_TOOL_ROLES = {'tool', 'function', 'ipython'}
+
+def _out_of_turn(msgs):
+    "Index of the first message out of the system? (user assistant (tool*))* order, else None."
+    prev = None
+    for k, m in enumerate(msgs):
+        r = m['role']
+        ok = (prev in (None, 'system', 'developer') if r in ('system', 'developer') else
+              prev in (None, 'system', 'developer', 'assistant') if r == 'user' else
+              prev == 'assistant' or prev in _TOOL_ROLES if r in _TOOL_ROLES else
+              prev == 'user' or prev in _TOOL_ROLES)  # assistant
+        if not ok: return k
+        prev = r
+    return None
+
+def _turn_problems(pair):
+    "(reason, field, detail) for the turns of each side a strict chat template would refuse."
+    out, n_p = [], len(pair['prompt'])
+    for side in ('chosen', 'rejected'):
+        msgs = pair['prompt'] + pair[side]
+        unknown = sorted({m['role'] for m in msgs} - _KNOWN_ROLES)
+        k = _out_of_turn(msgs)
+        where = f"prompt[{k}]" if k is not None and k < n_p else f"{side}[{(k or 0) - n_p}]"
+        problem = (('unknown_role', side, f"role(s) {unknown}") if unknown else
+                   ('not_alternating', where, f"{msgs[k]['role']} after {msgs[k - 1]['role'] if k else 'nothing'}; "
+                                              f"roles {[m['role'] for m in msgs]}") if k is not None else None)
+        if problem and problem not in out: out.append(problem)
+    return out
 
 # %% ../nbs/00_data.ipynb #af874e9f
 def _row_explicit(row, markers):
@@ -613,8 +690,25 @@ def _pair_key(pair):
 
 def _row_name(i, pid): return f"row {i}" + (f" (pair_id {pid})" if pid != i else '')
 
-def _conv_feature():
-    return [{'role': Value('string'), 'content': Value('string')}]
+def _conv_feature(extra=()):
+    return [{'role': Value('string'), 'content': Value('string'), **{k: Value('string') for k in extra}}]
+
+def _with_keys(msgs, keys):
+    "Messages with every one of `keys` (None where absent): one Arrow struct type for all rows."
+    return [{'role': m['role'], 'content': m['content'], **{k: m.get(k) for k in keys}} for m in msgs]
+
+_CHAT_COLUMNS = ('tools', 'chat_template_kwargs')  # per-row chat settings, carried as JSON text (as TRL reads them)
+
+def _chat_column(v, k, where, i):
+    "A row's `tools` (a list of tool schemas) or `chat_template_kwargs` (a dict) as JSON text, or None."
+    if _is_null(v): return None
+    v = _py(v)
+    if isinstance(v, str):
+        try: v = json.loads(v)
+        except ValueError: raise PreferenceTypeError(f"{where}, row {i}, field {k!r}: text that is not JSON: {_short(v)}") from None
+    want = list if k == 'tools' else dict
+    if not isinstance(v, want): raise PreferenceTypeError(f"{where}, row {i}, field {k!r}: expected a {want.__name__}, got {type(v).__name__} {_short(v)}")
+    return json.dumps(v, ensure_ascii=False)
 
 def _check_csv_not_conversational(cols, where):
     for i, v in enumerate(cols.get('chosen', [])):
@@ -686,7 +780,8 @@ def load_preferences(
     ids = _pair_ids(cols, n, where, from_text=file_kind in ('csv', 'tsv'))
     row_fn, markers = _ROW_FNS[fmt], (human_marker, assistant_marker)
     names = [c for c in ('prompt', 'chosen', 'rejected') if c in cols]
-    out = {k: [] for k in ('pair_id', 'prompt', 'chosen', 'rejected', *keep_columns)}
+    chat_cols = [k for k in _CHAT_COLUMNS if fmt == 'conversational' and k in cols and k not in keep_columns]
+    out = {k: [] for k in ('pair_id', 'prompt', 'chosen', 'rejected', *chat_cols, *keep_columns)}
     bad, seen = [], {}
     for i in range(n):
         pid = ids[i]
@@ -708,14 +803,18 @@ def load_preferences(
                 rep.add('load', 'flag', 'duplicate', pid, 'prompt,chosen,rejected', f"same as pair_id {seen[key]}")
             else: seen[key] = pid
             if rev in seen: rep.add('load', 'flag', 'reversed_duplicate', pid, 'chosen,rejected', f"pair_id {seen[rev]} swaps them")
+            extra = {k: _chat_column(cols[k][i], k, where, i) for k in chat_cols}
         except _Drop as d:
             rep.add('load', 'drop', d.reason, pid, d.field, d.detail); continue
         except _Bad as b:
             bad.append(f"{_row_name(i, pid)}, field {b.field!r}: {b.msg}"); continue
         for k, on in flags.items():
             if on: rep.add('load', 'flag', k, pid, 'chosen,rejected')
+        if fmt == 'conversational':
+            for reason, fld, detail in _turn_problems(pair): rep.add('load', 'flag', reason, pid, fld, detail)
         out['pair_id'].append(pid)
         for k in ('prompt', 'chosen', 'rejected'): out[k].append(pair[k])
+        for k in chat_cols: out[k].append(extra[k])
         for k in keep_columns: out[k].append(_py(cols[k][i]))
     if bad:
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ''
@@ -728,8 +827,11 @@ def load_preferences(
         raise err
     if warn: rep._warn_stage('load', f"load_preferences({where})")
     txt = Value('string')
-    feats = Features({'pair_id': Value('int64'), **{k: _conv_feature() if fmt == 'conversational' else txt
-                                                     for k in ('prompt', 'chosen', 'rejected')}})
+    keys = [k for k in _EXTRA if fmt == 'conversational' and any(k in m for f in ('prompt', 'chosen', 'rejected') for v in out[f] for m in v)]
+    if keys:
+        for f in ('prompt', 'chosen', 'rejected'): out[f] = [_with_keys(v, keys) for v in out[f]]
+    feats = Features({'pair_id': Value('int64'), **{k: _conv_feature(keys) if fmt == 'conversational' else txt
+                                                     for k in ('prompt', 'chosen', 'rejected')}, **{k: txt for k in chat_cols}})
     ds = Dataset.from_dict({k: out[k] for k in feats}, features=feats)
     for k in keep_columns:
         try: ds = ds.add_column(k, out[k])
@@ -818,21 +920,6 @@ def _end_with_one_eos(ids, eos, tokenizer):
     return list(ids) + [eos], 'appended'
 
 # %% ../nbs/00_data.ipynb #f2df2b39
-def _render_conversation(tokenizer, prompt, responses, chat_template):
-    "(prompt text, [response texts]) from a chat template, or raise _Drop('template_mismatch')."
-    kw = dict(tokenize=False, chat_template=chat_template)
-    if prompt and prompt[-1]['role'] == 'assistant':  # (load_preferences drops these; a hand-made Dataset may hold one)
-        raise _Drop('prompt_ends_with_assistant', f"prompt[{len(prompt) - 1}]", "each response would start by closing it")
-    p = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kw)
-    outs = []
-    for side, resp in zip(('chosen', 'rejected'), responses):
-        full = tokenizer.apply_chat_template(prompt + resp, **kw)
-        if not full.startswith(p):
-            k = _common_prefix_len(full, p)
-            raise _Drop('template_mismatch', side, f"renderings differ at char {k}: prompt {p[k:k+20]!r} vs full {full[k:k+20]!r}")
-        outs.append(full[len(p):])
-    return p, outs
-
 def _contents(v):
     "The texts of a field: the text itself, or its messages' contents."
     return [v] if isinstance(v, str) else [m['content'] for m in v]
@@ -856,15 +943,6 @@ def _merged(prev, new):
 def _roles(p, c, r):
     return ', '.join(f"{k} [{', '.join(m['role'] for m in v)}]" for k, v in (('prompt', p), ('chosen', c), ('rejected', r)))
 
-def _refused_error(refused, n, source):
-    lines = [f"pair_id {pid} ({roles}): {type(ex).__name__}: {ex}" for pid, roles, ex in refused[:10]]
-    more = f"\n  ... and {len(refused) - 10} more" if len(refused) > 10 else ''
-    err = PreferenceDataError(f"the chat template cannot render {len(refused)} of the {n} pairs of {source or 'the data'}:\n  "
-                              + '\n  '.join(lines) + more + "\nFix or drop these rows, or pass a chat_template=... that "
-                              "knows their roles")
-    err.__cause__ = refused[0][2]
-    return err
-
 def _merge_detail(tokenizer, sep, joint):
     "Where separate and joint tokenization first differ, as a few tokens of each."
     k = next((i for i, (x, y) in enumerate(zip(sep, joint)) if x != y), min(len(sep), len(joint)))
@@ -877,29 +955,122 @@ def _truncate_prompt(ids, n_lead, limit):
     keep = max(limit - n_lead, 0)
     return ids[:min(n_lead, limit)] + (ids[len(ids) - keep:] if keep else [])
 
+# %% ../nbs/00_data.ipynb #b334743e
+# apply_chat_template's own arguments: a template variable of one of these names would change what it does
+_TEMPLATE_ARGS = {'conversation', 'tools', 'documents', 'chat_template', 'add_generation_prompt', 'continue_final_message',
+                  'tokenize', 'padding', 'truncation', 'max_length', 'return_tensors', 'return_dict', 'tokenizer_kwargs',
+                  'return_assistant_tokens_mask', 'sanitize_control_tokens'}
+
+def _template_kwargs(kw, where='chat_template_kwargs'):
+    "Template variables as a dict, checked: str keys, none that is one of apply_chat_template's own arguments."
+    if kw is None: return {}
+    if not isinstance(kw, Mapping) or not all(isinstance(k, str) for k in kw):
+        raise TypeError(f"{where} must be a dict of template variables, e.g. {{'enable_thinking': False}}; got {_short(kw)}")
+    clash = sorted(set(kw) & _TEMPLATE_ARGS)
+    if clash: raise ValueError(f"{where}: {clash} are apply_chat_template's own arguments, not template variables")
+    return dict(kw)
+
+def _tool_name(t): return t.get('function', t).get('name') if isinstance(t, Mapping) else getattr(t, '__name__', None)
+
+def _unrendered(render, msgs, n_prompt, side, text, prompt_text, tools):
+    "(field, what) of the first tool call, tool result or tool that changes nothing in the rendering when left out; else None."
+    for k, m in enumerate(msgs):
+        if not (m.get('tool_calls') or m['role'] in _TOOL_ROLES): continue
+        f = f"prompt[{k}]" if k < n_prompt else f"{side}[{k - n_prompt}]"
+        without = msgs[:k] + ([{**m, 'tool_calls': None}] if m.get('tool_calls') else []) + msgs[k + 1:]
+        if without and render(without, tools=tools) == text:
+            names = [c.get('function', c)['name'] for c in json.loads(m['tool_calls'])] if m.get('tool_calls') else []
+            return f, f"the call to {', '.join(map(repr, names))}" if names else f"the {m['role']} result {_short(m['content'])}"
+    if tools and render(msgs[:n_prompt], tools=None, add_generation_prompt=True) == prompt_text:
+        return 'tools', f"the tools {[_tool_name(t) for t in tools]}"
+    return None
+
+def _chat_texts(tokenizer, prompt, responses, chat_template, tools, kwargs):
+    "(prompt text, [whole-conversation texts]) as the chat template renders them, else a `_Drop` saying why."
+    if prompt and prompt[-1]['role'] == 'assistant':  # (load_preferences drops these; a hand-made Dataset may hold one)
+        raise _Drop('prompt_ends_with_assistant', f"prompt[{len(prompt) - 1}]", "each response would start by closing it")
+    def render(msgs, tools=tools, add_generation_prompt=False):
+        return tokenizer.apply_chat_template(_chat_messages(msgs), add_generation_prompt=add_generation_prompt, tokenize=False,
+                                             chat_template=chat_template, tools=tools, **kwargs)
+    try: p, full = render(prompt, add_generation_prompt=True), [render(prompt + r) for r in responses]
+    except Exception as ex:  # the template refused the row: jinja's TemplateError (raise_exception), a KeyError, ...
+        raise _Drop('template_error', 'prompt,chosen,rejected', f"{_roles(prompt, *responses)}: {type(ex).__name__}: {ex}") from None
+    for side, r, text in zip(('chosen', 'rejected'), responses, full):
+        lost = _unrendered(render, prompt + r, len(prompt), side, text, p, tools)
+        if lost: raise _Drop('tools_not_rendered', lost[0], f"the chat template renders no trace of {lost[1]}")
+    return p, full
+
+# %% ../nbs/00_data.ipynb #d09ae181
+def _shared(a, b):
+    "Length of the common prefix of two id lists."
+    n = min(len(a), len(b))
+    return next((k for k in range(n) if a[k] != b[k]), n)
+
+def _continuation_ids(tokenizer, text):
+    "`text` tokenized as it continues other text: without the leading-space marker a SentencePiece tokenizer adds."
+    anchor = _encode(tokenizer, ['\n'])[0]  # a text's start, so that `text` is not the start; then cut it off
+    ids = _encode(tokenizer, ['\n' + text])[0]
+    if ids[:len(anchor)] == anchor and tokenizer.decode(ids) == tokenizer.decode(anchor) + text: return ids[len(anchor):]
+    return _encode(tokenizer, [text])[0]
+
+def _chat_ids(p_ids, full_ids):
+    "(prompt ids, [response ids], cut): the whole conversations' ids split where they stop agreeing with the prompt's."
+    k = min(_shared(p_ids, f) for f in full_ids)
+    return p_ids[:k], [f[k:] for f in full_ids], len(p_ids) - k
+
+def _chat_notes(ends, specials):
+    "What chat responses end with (as the template closes the turn), and how many end in no special token."
+    seen = ', '.join(f"{e!r} x{n}" for e, n in ends.most_common(3) if e is not None)
+    notes = [f"chat pairs are tokenized exactly as the template renders the whole conversation (no EOS added): "
+             f"responses end with {seen or 'their content'}"]
+    bare = sum(n for e, n in ends.items() if e is not None and not any(t in e for t in specials))
+    if bare: notes.append(f"{bare} responses end in no special token: the template closes no assistant turn, so the "
+                          "model is not taught where to stop")
+    return notes
+
+def _text_ids(tokenizer, p_ids, joint_ids, text):
+    "(response ids, merged): the tail of prompt+response tokenized as one text, else `text` as a continuation."
+    if joint_ids[:len(p_ids)] == p_ids: return joint_ids[len(p_ids):], False
+    return _continuation_ids(tokenizer, text), True
+
 # %% ../nbs/00_data.ipynb #dcca5c01
+def _row_chat(cols, i, pid, tools, kwargs):
+    "A row's (tools, template variables): its own `tools` column wins; its own `chat_template_kwargs` add to `kwargs`."
+    t = cols.get('tools', [None] * (i + 1))[i]
+    kw = cols.get('chat_template_kwargs', [None] * (i + 1))[i]
+    return (tools if t is None else json.loads(t)), {**kwargs, **_template_kwargs(None if kw is None else json.loads(kw), f"pair_id {pid}, chat_template_kwargs")}
+
+def _turn_end(msgs, text):
+    "What the template renders after a response's last content (its end-of-turn tokens), or None if not found."
+    body = msgs[-1]['content'].strip() if msgs else ''
+    return text[text.rfind(body) + len(body):] if body and body in text else None
+
 def tokenize_pairs(data,                      # output of `load_preferences`, or anything it accepts
-                   tokenizer,                 # a transformers tokenizer (with an EOS token)
+                   tokenizer,                 # a transformers tokenizer
                    max_length: int | None = 512,        # max tokens of prompt + one response
                    max_prompt_length: int | None = 256, # max prompt tokens (cut from the left first)
                    chat_template: str | None = None,    # overrides tokenizer.chat_template for conversational data
+                   tools: list | None = None,           # tool schemas for every conversational pair (a row's own `tools` wins)
+                   chat_template_kwargs: dict | None = None,  # template variables, e.g. {'enable_thinking': False}; a row's own add to them
                    warn: bool = True,         # send a `DataWarning` when pairs are dropped
                   ) -> Dataset:
-    "Tokenize prompt and responses separately (one EOS per response), truncate, flag boundary merges; see `.report`."
+    "Tokenize pairs as the model sees them (chat: exactly its template; text: one EOS per response), truncate, flag; see `.report`."
     for nm, v in (('max_length', max_length), ('max_prompt_length', max_prompt_length)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise ValueError(f"{nm} must be a positive int or None, not {v!r}")
     if max_length is not None and max_prompt_length is not None and max_prompt_length > max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must not exceed max_length ({max_length})")
     if isinstance(tokenizer, (str, Path)): raise TypeError(f"tokenizer: pass a tokenizer, e.g. AutoTokenizer.from_pretrained({str(tokenizer)!r})")
+    kwargs = _template_kwargs(chat_template_kwargs)
+    if tools is not None and not isinstance(tools, (list, tuple)): raise TypeError(f"tools must be a list of tool schemas (dicts) or functions, not {type(tools).__name__}")
     prev = data_report(data) if isinstance(data, Dataset) else None
     checked = load_preferences(data, warn=warn and prev is None)  # every row checked, also rows changed after loading (a .map())
     rep = checked.report.copy() if prev is None else _merged(prev, checked.report)
     fmt = prev.format_name if prev is not None else checked.format_name
     data = checked
-    eos = getattr(tokenizer, 'eos_token_id', None)
-    if eos is None: raise PreferenceDataError("tokenizer has no EOS token (responses must end with one); set tokenizer.eos_token")
     f = data.features['prompt']
     conv = not (isinstance(f, Value) and f.dtype in ('string', 'large_string'))  # messages, not text
+    eos = getattr(tokenizer, 'eos_token_id', None)
+    if eos is None and not conv: raise PreferenceDataError("tokenizer has no EOS token (text responses end with one); set tokenizer.eos_token")
     if conv and not (chat_template or getattr(tokenizer, 'chat_template', None)):
         raise PreferenceDataError("conversational pairs need a chat template: set tokenizer.chat_template or pass chat_template=...")
     cols = data.to_dict()
@@ -907,45 +1078,57 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
     spells = re.compile('|'.join(map(re.escape, specials))) if specials else None  # one scan of each text for all of them
     special_ids = set(getattr(tokenizer, 'all_special_ids', [])) - {getattr(tokenizer, 'unk_token_id', None)}  # (<unk> stands for real text)
     n_in = len(cols['pair_id'])
-    # 1. texts
-    keep, texts, refused = [], [], []
+    # 1. texts: each prompt, and prompt+response (for chat: the whole conversation as the template renders it)
+    keep, texts = [], []
     for i in range(n_in):
         pid, p, c, r = (cols[k][i] for k in ('pair_id', 'prompt', 'chosen', 'rejected'))
         if conv:
-            try: p, (c, r) = _render_conversation(tokenizer, p, (c, r), chat_template)
+            try: p, (c, r) = _chat_texts(tokenizer, p, (c, r), chat_template, *_row_chat(cols, i, pid, tools, kwargs))
             except _Drop as d:
                 rep.add('tokenize', 'drop', d.reason, pid, d.field, d.detail); continue
-            except Exception as ex:  # the template refused the row (jinja's TemplateError, a KeyError, ...)
-                refused.append((pid, _roles(p, c, r), ex)); continue
+        else: c, r = p + c, p + r
         keep.append(i); texts.append((p, c, r))
-    if refused: raise _refused_error(refused, n_in, rep.source)
-    P, C, R = (list(t) for t in zip(*texts)) if texts else ([], [], [])
-    # 2. ids: separately, and jointly (for the boundary check)
-    lead = _lead_ids(tokenizer)
-    p_ids, c_ids, r_ids = _encode(tokenizer, P), _encode(tokenizer, C), _encode(tokenizer, R)
-    pc_ids, pr_ids = _encode(tokenizer, [p + c for p, c in zip(P, C)]), _encode(tokenizer, [p + r for p, r in zip(P, R)])
+    P, JC, JR = (list(t) for t in zip(*texts)) if texts else ([], [], [])
+    # 2. ids: the prompt's, and prompt+response's, cut where the response starts
+    lead = [] if conv else _lead_ids(tokenizer)
+    p_ids, jc_ids, jr_ids = _encode(tokenizer, P), _encode(tokenizer, JC), _encode(tokenizer, JR)
     out = {k: [] for k in ('pair_id', 'prompt_ids', 'chosen_ids', 'rejected_ids', 'prompt_truncated', 'chosen_truncated',
                            'rejected_truncated', 'boundary_merge', 'prompt_text', 'chosen_text', 'rejected_text')}
-    how = Counter()
+    how, ends = Counter(), Counter()
     for j, i in enumerate(keep):
-        pid = cols['pair_id'][i]
-        pi = p_ids[j] if lead and p_ids[j][:len(lead)] == lead else lead + p_ids[j]
-        merged = {side: _merge_detail(tokenizer, p_ids[j] + resp, joint)
-                  for side, joint, resp in (('chosen', pc_ids[j], c_ids[j]), ('rejected', pr_ids[j], r_ids[j]))
-                  if joint != p_ids[j] + resp}
+        pid, merged = cols['pair_id'][i], {}
+        if conv:
+            pi, resp, n_cut = _chat_ids(p_ids[j], [jc_ids[j], jr_ids[j]])
+            same_text = all(J.startswith(P[j]) for J in (JC[j], JR[j]))
+            if n_cut and not pi:
+                rep.add('tokenize', 'drop', 'template_mismatch', pid, 'prompt', "the prompt alone and the conversations share no token"); continue
+            if n_cut:
+                tail = '|'.join(tokenizer.convert_ids_to_tokens(p_ids[j][len(pi):][:4]))
+                merged['prompt'] = (f"the prompt's last {n_cut} token(s) {tail} are not in the whole conversation's ids; "
+                                    f"the responses start at prompt token {len(pi)}")
+            resp_text = [J[len(P[j]):] if same_text and not n_cut else tokenizer.decode(x) for J, x in zip((JC[j], JR[j]), resp)]
+            p_text = P[j] if not n_cut else tokenizer.decode(pi)
+        else:
+            pi = p_ids[j] if lead and p_ids[j][:len(lead)] == lead else lead + p_ids[j]
+            resp, resp_text = [], [cols['chosen'][i], cols['rejected'][i]]
+            for side, joint, text in zip(('chosen', 'rejected'), (jc_ids[j], jr_ids[j]), resp_text):
+                ids, m = _text_ids(tokenizer, p_ids[j], joint, text)
+                if m: merged[side] = _merge_detail(tokenizer, p_ids[j] + ids, joint)
+                resp.append(ids)
+            p_text = P[j]
         bos = getattr(tokenizer, 'bos_token_id', None)
         n_lead = len(lead) if lead else int(bos is not None and pi[:1] == [bos])  # kept by left truncation
         pt = _truncate_prompt(pi, n_lead, max_prompt_length)
         budget = None if max_length is None else max_length - len(pt)
-        row = dict(pair_id=pid, prompt_ids=pt, prompt_truncated=len(pi) - len(pt), boundary_merge=bool(merged),
-                   prompt_text=P[j])
+        row = dict(pair_id=pid, prompt_ids=pt, prompt_truncated=len(pi) - len(pt), boundary_merge=bool(merged), prompt_text=p_text)
         spelled = {side: sorted({m for x in _contents(cols[side][i]) for m in spells.findall(x if conv else _bare(x, side, tokenizer))})
                    if spells else [] for side in ('prompt', 'chosen', 'rejected')}
         dropped = False
-        for side, ids, text in (('chosen', c_ids[j], C[j]), ('rejected', r_ids[j], R[j])):
-            ids, h = _end_with_one_eos(ids, eos, tokenizer)
-            how[h] += 1
-            if h == 'trimmed': text = text[:text.rfind(tokenizer.eos_token) + len(tokenizer.eos_token)]
+        for side, ids, text in zip(('chosen', 'rejected'), resp, resp_text):
+            if not conv:  # (a chat response ends as its template ends the turn: nothing added)
+                ids, h = _end_with_one_eos(ids, eos, tokenizer)
+                how[h] += 1
+                if h == 'trimmed': text = text[:text.rfind(tokenizer.eos_token) + len(tokenizer.eos_token)]
             cut = ids if budget is None or len(ids) <= budget else ids[:max(budget, 0)]
             if not cut:
                 rep.add('tokenize', 'drop', 'truncated_to_empty', pid, side,
@@ -956,9 +1139,9 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
             row[f'{side}_ids'], row[f'{side}_truncated'], row[f'{side}_text'] = cut, len(ids) - len(cut), text
         if dropped: continue
         if row['chosen_ids'] == row['rejected_ids']:
-            same = c_ids[j] == r_ids[j]
+            same = resp[0] == resp[1]
             rep.add('tokenize', 'drop', 'identical_tokens', pid, 'chosen,rejected',
-                    f"the texts differ but tokenize alike ({len(c_ids[j])} tokens): characters the vocabulary maps to "
+                    f"the texts differ but tokenize alike ({len(resp[0])} tokens): characters the vocabulary maps to "
                     "one token (unknown, case-folded, normalised)" if same else
                     f"identical in their first {len(row['chosen_ids'])} tokens, which is all that max_length={max_length} keeps")
             continue
@@ -966,8 +1149,9 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
             if row[f'{k}_truncated']: rep.add('tokenize', 'flag', f'{k}_truncated', pid, k, f"removed {row[f'{k}_truncated']} tokens")
         for k, found in spelled.items():
             if found: rep.add('tokenize', 'flag', 'special_token_text', pid, k, f"spells {', '.join(found)}")
-        if merged: rep.add('tokenize', 'flag', 'boundary_merge', pid, ','.join(merged),
-                           '; '.join(f"{k}: {v}" for k, v in merged.items()))
+        if merged: rep.add('tokenize', 'flag', 'boundary_merge' if not conv or same_text else 'template_mismatch', pid,
+                           ','.join(merged), '; '.join(f"{k}: {v}" for k, v in merged.items()))
+        if conv: ends.update(_turn_end(cols[s][i], row[f'{s}_text']) for s in ('chosen', 'rejected') if not row[f'{s}_truncated'])
         for k in out: out[k].append(row[k])
     # 3. report
     rep.n_kept = len(out['pair_id'])
@@ -975,9 +1159,10 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
     if getattr(tokenizer, 'pad_token_id', None) is None:
         msg = f"tokenizer has no pad token: padding with EOS (id {pad}); padding is masked, so this is safe"
         rep.notes.append(msg); _log.info(msg)
-    rep.notes.append(f"responses end with one EOS (id {eos}): appended to {how['appended']}, already there in "
-                     f"{how['rendered']}" + (f", already there with the whitespace after it removed in {how['trimmed']}"
-                                             if how['trimmed'] else ''))
+    if conv: rep.notes.extend(_chat_notes(ends, specials))
+    else: rep.notes.append(f"responses end with one EOS (id {eos}): appended to {how['appended']}, already there in "
+                           f"{how['rendered']}" + (f", already there with the whitespace after it removed in {how['trimmed']}"
+                                                   if how['trimmed'] else ''))
     if lead: rep.notes.append(f"prompts start with the tokenizer's {tokenizer.convert_ids_to_tokens(lead)}")
     lens = {k: [len(x) for x in out[f'{k}_ids']] for k in ('prompt', 'chosen', 'rejected')}
     rep.stats.update(max_length=max_length, max_prompt_length=max_prompt_length, pad_token_id=pad, eos_token_id=eos,
@@ -1057,11 +1242,12 @@ def decode_masked(batch: dict, tokenizer, i: int = 0, side: str = 'chosen', mark
     "Decode batch row `i`: all real tokens, only the response (loss) tokens, and all tokens with the response marked."
     t = token_table(batch, tokenizer, i, side)
     real, resp = t[t.attention == 1], t[t.response == 1]
-    marked, inside = [], False
-    for tok_, r in zip(real.token, real.response):
-        if r and not inside: marked.append(marks[0]); inside = True
-        if not r and inside: marked.append(marks[1]); inside = False
-        marked.append(tok_)
-    if inside: marked.append(marks[1])
-    return dict(text=tokenizer.decode(real.token_id.tolist()), response=tokenizer.decode(resp.token_id.tolist()),
-                marked=''.join(marked))
+    ids, inside = real.token_id.tolist(), real.response.tolist()
+    marked, prev, start = [], '', 0
+    for k in range(1, len(ids) + 1):  # decode growing prefixes: a SentencePiece token decoded alone loses its space
+        if k < len(ids) and inside[k] == inside[k - 1]: continue
+        text = tokenizer.decode(ids[:k])
+        piece = text[len(prev):] if text.startswith(prev) else tokenizer.decode(ids[start:k])
+        marked.append(marks[0] + piece + marks[1] if inside[k - 1] else piece)
+        prev, start = text, k
+    return dict(text=tokenizer.decode(ids), response=tokenizer.decode(resp.token_id.tolist()), marked=''.join(marked))

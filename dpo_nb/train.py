@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 import dpo_nb
-from .data import DataWarning, PairCollator, PreferenceDataError, _fmt_ids, data_report, tokenize_pairs
+from .data import DataWarning, PairCollator, PreferenceDataError, _fmt_ids, _template_kwargs, data_report, tokenize_pairs
 from .history import CheckpointError, History, _why
 from .logps import model_device, response_logps, sequence_logps, token_kl
 from .loss import LOSS_TYPES, _check_label_smoothing, dpo_loss, gradient_weight
@@ -49,6 +49,7 @@ class DPOConfig:
     epochs: float = 1.0  # passes over the training pairs when `max_steps` is None
     max_length: int | None = 512  # prompt + response tokens (None: no limit)
     max_prompt_length: int | None = 256  # prompt tokens, truncated from the left (None: no limit)
+    chat_template_kwargs: dict | None = None  # chat template variables for conversational data, e.g. {"enable_thinking": False} (00_data)
     max_grad_norm: float | None = 1.0  # gradient clipping (None: no clipping)
     seed: int = 0  # the one seed: data order, dropout, sampling
     device: str | None = None  # None: cuda, then mps, then cpu
@@ -119,7 +120,7 @@ def _type_ok(value, annotation: str) -> bool:
     if value is None: return "None" in kinds
     if isinstance(value, bool): return "bool" in kinds
     return (("float" in kinds and isinstance(value, numbers.Real)) or ("int" in kinds and isinstance(value, numbers.Integral))
-            or ("str" in kinds and isinstance(value, str)))
+            or ("str" in kinds and isinstance(value, str)) or ("dict" in kinds and isinstance(value, dict)))
 
 
 def _check_device(device):
@@ -145,6 +146,8 @@ def check_config(cfg):
         if "float" in f.type and isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(v):
             raise ConfigError(f"DPOConfig.{f.name}={v!r}: must be a finite number")
     _check_device(cfg.device)
+    try: json.dumps(_template_kwargs(cfg.chat_template_kwargs))  # (saved with the checkpoint as JSON)
+    except (TypeError, ValueError) as e: raise ConfigError(f"DPOConfig.chat_template_kwargs: {e}") from None
     if cfg.max_length and cfg.max_prompt_length and cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError(f"DPOConfig.max_prompt_length={cfg.max_prompt_length} leaves no room for a response within "
                           f"max_length={cfg.max_length}")
@@ -304,7 +307,8 @@ def _tokenized(data, tokenizer, cfg, split: str = "train", resumed: bool = False
         if not resumed: _check_lengths(data, cfg, split)
         return data
     # `load_preferences` output goes in as it is: its report (every drop so far) goes on with it
-    return tokenize_pairs(data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+    return tokenize_pairs(data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                          chat_template_kwargs=cfg.chat_template_kwargs)
 
 
 def _check_lengths(ds, cfg, split: str):

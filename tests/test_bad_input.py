@@ -184,27 +184,31 @@ def test_duplicates_are_flagged_or_dropped_and_reversals_flagged():
 
 # ---------------------------------------------------------------- chat templates that refuse a row
 
-def test_a_template_refusing_rows_names_each_pair_and_its_roles(tok):
+def test_a_template_refusing_rows_drops_each_naming_the_pair_its_roles_and_the_message(tok):
     data = [dict(prompt=[u("the film")], chosen=[a("good")], rejected=[a("bad")]),
             dict(prompt=[{"role": "tool", "content": "the plot"}], chosen=[a("good")], rejected=[a("bad")]),
             dict(prompt=[{"role": "system", "content": "very"}, u("the film")], chosen=[a("great")], rejected=[a("awful")])]
-    with pytest.raises(PreferenceDataError) as ei: tokenize_pairs(data, tok)
-    msg = str(ei.value)
-    assert "cannot render 2 of the 3 pairs" in msg and "unknown role tool" in msg and "unknown role system" in msg
-    assert "pair_id 1 (prompt [tool], chosen [assistant], rejected [assistant])" in msg and "pair_id 2 (prompt [system, user]" in msg
-    assert "pair_id 0" not in msg
+    with pytest.warns(DataWarning, match=r"dropped 2 of 3 pairs: 2 template_error \(pair_id 1, 2\)"):
+        t = tokenize_pairs(data, tok)
+    assert t["pair_id"] == [0]
+    f = t.report.to_frame().query("kind == 'drop'").set_index("pair_id")
+    assert list(f.reason) == ["template_error"] * 2 and set(f.stage) == {"tokenize"}
+    assert f.loc[1, "detail"].startswith("prompt [tool], chosen [assistant], rejected [assistant]: TemplateError") and "unknown role tool" in f.loc[1, "detail"]
+    assert f.loc[2, "detail"].startswith("prompt [system, user]") and "unknown role system" in f.loc[2, "detail"]
+    # the tool turn with no assistant turn before it is out of order: flagged when loaded, with the turn named
+    assert t.report.to_frame().query("reason == 'not_alternating'")[["pair_id", "field", "stage"]].values.tolist() == [[1, "prompt[0]", "load"]]
 
 
 def test_the_trainer_checks_the_data_before_any_model_work(tok):
-    data = [dict(prompt=[{"role": "tool", "content": "the plot"}], chosen=[a("good")], rejected=[a("bad")])] + \
-           [dict(prompt=[u(r["prompt"])], chosen=[a(r["chosen"])], rejected=[a(r["rejected"])]) for r in rows(4)]
+    data = [dict(prompt=[{"role": "tool", "content": r["prompt"]}], chosen=[a(r["chosen"])], rejected=[a(r["rejected"])]) for r in rows(4)]
     small_ref = LlamaForCausalLM(LlamaConfig(vocab_size=4, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                              num_attention_heads=2, num_key_value_heads=2))  # would be refused by the model checks
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(PreferenceDataError, match="pair_id 0 \\(prompt \\[tool\\]"):
+    with pytest.raises(PreferenceDataError, match="tokenize_pairs dropped all 4 pairs") as ei:
         DPOTrainer(model, tok, data, DPOConfig(batch_size=2, max_steps=1, device="cpu", progress=False, master_weights="fp32"),
                    ref_model=small_ref)
+    assert ei.value.report.ids("template_error") == [0, 1, 2, 3]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -300,8 +304,7 @@ def test_cli_train_with_an_eval_file_reports_its_drops(local, tmp_path):
 def test_cli_train_checks_the_template_before_loading_the_model(local, tmp_path, capsys):
     bad = tmp_path / "conv.jsonl"
     with open(bad, "w") as f:
-        for r in rows(6): f.write(json.dumps(dict(prompt=[u(r["prompt"])], chosen=[a(r["chosen"])], rejected=[a(r["rejected"])])) + "\n")
-        f.write(json.dumps(dict(prompt=[{"role": "tool", "content": "x"}], chosen=[a("good")], rejected=[a("bad")])) + "\n")
+        for r in rows(6): f.write(json.dumps(dict(prompt=[{"role": "tool", "content": r["prompt"]}], chosen=[a(r["chosen"])], rejected=[a(r["rejected"])])) + "\n")
     model = tmp_path / "model"
     save_tiny_model(model, WORDS)
     tk = json.loads((model / "tokenizer_config.json").read_text())
@@ -310,7 +313,7 @@ def test_cli_train_checks_the_template_before_loading_the_model(local, tmp_path,
     assert main(["train", "--model", str(model), "--data", str(bad), "--out", str(tmp_path / "run"), "--max-steps", "1"]) == 2
     err = capsys.readouterr().err
     err = err[err.index("dpo-nb train: error:"):]  # (after any progress bars)
-    assert err.startswith("dpo-nb train: error: the chat template cannot render 1 of the 7 pairs") and "pair_id 6 (prompt [tool]" in err
+    assert err.startswith("dpo-nb train: error: tokenize_pairs dropped all 6 pairs") and "template_error" in err
     assert "Traceback" not in err
 
 

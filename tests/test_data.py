@@ -520,17 +520,24 @@ def test_no_bos_tokenizer():
     assert t[0]['prompt_ids'] == enc(tk, Q1)
 
 
-def test_conversational_template_eos_once_and_prompt_rendering(tok):
+def whole_ids(tk, msgs, tmpl=None, **kw):
+    "What the model is trained and prompted with: apply_chat_template's own ids."
+    return tk.apply_chat_template(msgs, chat_template=tmpl, tokenize=True, return_dict=False, **kw)
+
+
+def test_chat_pairs_are_exactly_the_templates_whole_conversation(tok):
     t = tokenize_pairs(FORMAT_ROWS['conv_whole'], tok, chat_template=CHAT_TEMPLATE)
     r = t[0]
     assert r['prompt_text'] == f'<|user|>{Q1}</s>\n<|assistant|>'
-    assert r['chosen_text'] == 'Four.</s>'  # the newline after the template's EOS is not part of the response
-    for row in t:
+    assert r['chosen_text'] == 'Four.</s>\n'  # the turn as the template ends it, its newline included
+    loaded = load_preferences(FORMAT_ROWS['conv_whole'])
+    for row, src in zip(t, loaded):
+        assert row['prompt_ids'] == whole_ids(tok, src['prompt'], CHAT_TEMPLATE, add_generation_prompt=True)
+        assert tok.bos_token_id not in row['prompt_ids']  # the template renders no BOS, so there is none
         for s in ('chosen', 'rejected'):
-            assert row[f'{s}_ids'][-1] == tok.eos_token_id and row[f'{s}_ids'].count(tok.eos_token_id) == 1
-    assert r['prompt_ids'][0] == tok.bos_token_id and r['prompt_ids'].count(tok.bos_token_id) == 1
-    assert any('appended to 0, already there in 0, already there with the whitespace after it removed in 4' in n
-               for n in t.report.notes)
+            assert row['prompt_ids'] + row[f'{s}_ids'] == whole_ids(tok, src['prompt'] + src[s], CHAT_TEMPLATE)
+            assert row[f'{s}_ids'].count(tok.eos_token_id) == 1  # the template's own: none added, none removed
+    assert any('no EOS added' in n and repr('</s>\n') in n for n in t.report.notes)
     # the template set on the tokenizer is used when none is passed
     tk = train_bpe_tokenizer(CORPUS, vocab_size=330, chat_template=CHAT_TEMPLATE)
     assert tokenize_pairs(FORMAT_ROWS['conv_whole'], tk)['chosen_ids'] == t['chosen_ids']
@@ -551,30 +558,40 @@ def test_left_truncation_keeps_a_template_rendered_bos():
     assert t[0]['prompt_truncated'] == len(full) - 8
 
 
-def test_template_without_eos_gets_one_appended(tok):
+def test_a_template_that_closes_no_turn_gets_nothing_added_and_a_note(tok):
     tmpl = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}[assistant] {% endif %}")
     t = tokenize_pairs(FORMAT_ROWS['conv_prompt_messages'], tok, chat_template=tmpl)
-    assert t[0]['chosen_ids'] == enc(tok, 'Four.\n') + [tok.eos_token_id]
+    src = load_preferences(FORMAT_ROWS['conv_prompt_messages'])[0]
+    assert t[0]['prompt_ids'] + t[0]['chosen_ids'] == whole_ids(tok, src['prompt'] + src['chosen'], tmpl)
+    assert tok.eos_token_id not in t[0]['chosen_ids'] and t[0]['chosen_text'].endswith('Four.\n')
+    assert any('end in no special token' in n and 'not taught where to stop' in n for n in t.report.notes)
 
 
-def test_template_mismatch_is_dropped_and_missing_template_errors(tok):
-    # renders the prompt's generation header differently from an assistant turn inside a conversation
+def test_a_template_rendering_the_prompt_otherwise_keeps_the_whole_conversation_and_flags(tok):
+    # renders the generation header differently from an assistant turn inside a conversation: '<assistant-start>' is
+    # not how the whole conversation goes on. As TRL does, the prompt is cut to what both share and the response is the
+    # rest of the whole conversation's ids; the pair is flagged. A prompt ending with an assistant turn is dropped at load.
     tmpl = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant-start>{% endif %}")
-    # pair 0's prompt ends with a user turn: '<assistant-start>' is not how the full conversation goes on -> dropped.
-    # pair 1's prompt ends with an assistant turn: each response would open by closing it -> dropped at load.
-    # Nothing is left, so the error carries the report of both stages.
     with pytest.warns(DataWarning, match='1 prompt_ends_with_assistant'):
         loaded = load_preferences(FORMAT_ROWS['conv_prompt_messages'][:1] + [
             dict(prompt=[u(Q2), a('Hm.')], chosen=[a('Blue.')], rejected=[a('Green.')])])
-    with pytest.raises(PreferenceDataError, match='tokenize_pairs dropped all 1 pairs') as ei:
-        tokenize_pairs(loaded, tok, chat_template=tmpl)
-    rep = ei.value.report
-    assert rep.ids('template_mismatch') == [0] and rep.ids('prompt_ends_with_assistant') == [1]
-    f = rep.to_frame().set_index('pair_id')
-    assert f.loc[0, 'field'] == 'chosen' and 'differ at char' in f.loc[0, 'detail']
+    t = tokenize_pairs(loaded, tok, chat_template=tmpl)
+    src, r = loaded[0], t[0]
+    for s in ('chosen', 'rejected'):
+        assert r['prompt_ids'] + r[f'{s}_ids'] == whole_ids(tok, src['prompt'] + src[s], tmpl)
+    alone = whole_ids(tok, src['prompt'], tmpl, add_generation_prompt=True)
+    assert alone[:len(r['prompt_ids'])] == r['prompt_ids'] and len(r['prompt_ids']) < len(alone)
+    assert t.report.ids('template_mismatch', 'flag') == [0] and t.report.ids('prompt_ends_with_assistant') == [1]
+    f = t.report.to_frame().set_index('pair_id')
+    assert f.loc[0, 'field'] == 'prompt' and 'not in the whole conversation' in f.loc[0, 'detail']
     assert f.loc[1, 'stage'] == 'load' and f.loc[1, 'field'] == 'prompt[1]'
+    # a generation prompt that shares no token with the conversation: nothing to train on, dropped
+    first = "{% if add_generation_prompt %}#{% endif %}" + tmpl
+    with pytest.raises(PreferenceDataError, match='tokenize_pairs dropped all 1 pairs') as ei:
+        tokenize_pairs(loaded, tok, chat_template=first, warn=False)
+    assert ei.value.report.ids('template_mismatch', 'drop') == [0]
     with pytest.raises(PreferenceDataError, match='chat template'):
         tokenize_pairs(FORMAT_ROWS['conv_whole'], tok)
 
