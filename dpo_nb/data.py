@@ -33,6 +33,7 @@ import pyarrow as pa
 import torch
 import datasets
 from datasets import Dataset, DatasetDict, Features, Value
+from transformers.utils import get_json_schema
 
 # %% ../nbs/00_data.ipynb #b8740701
 REASONS = {
@@ -441,7 +442,7 @@ def split_implicit(chosen: str,                        # whole transcript of the
                 parted_early=any(assistant in s for s in (c, r)))
 
 # %% ../nbs/00_data.ipynb #019e7aac
-_ROLE_ALIASES = {'human': 'user', 'gpt': 'assistant', 'bot': 'assistant'}
+_ROLE_ALIASES = {'human': 'user', 'gpt': 'assistant', 'bot': 'assistant', 'model': 'assistant'}  # (model: Gemini, Gemma)
 _KNOWN_ROLES = {'system', 'developer', 'user', 'assistant', 'tool', 'function', 'ipython'}  # the roles chat templates know
 _ROLES = {*_KNOWN_ROLES, *_ROLE_ALIASES}  # read in any case; other roles as given (and flagged: `unknown_role`)
 
@@ -520,15 +521,13 @@ def _blank_detail(v):
     return 'only invisible characters: ' + ', '.join(f"{k} x{n}" for k, n in seen.most_common(5))
 
 # %% ../nbs/00_data.ipynb #458fbff5
-_EXTRA = ('tool_calls', 'name', 'tool_call_id')  # message keys kept beside role and content (tool use)
-
 def _content(v, f):
     "A message's content as text: a str, or a list of parts whose text parts are joined (non-text parts: a drop)."
     if isinstance(v, str): return _unicode(v, f)
     parts = [v] if isinstance(v, Mapping) else v
     if not isinstance(parts, list) or not all(isinstance(p, Mapping) for p in parts):
         raise _Bad(f, f"expected text (str) or a list of {{'type': 'text', 'text': ...}} parts, got {type(v).__name__} {_short(v)}")
-    other = sorted({str(p.get('type')) for p in parts} - {'text'})
+    other = sorted({str(p.get('type', 'text' if 'text' in p else None)) for p in parts} - {'text'})
     if other: raise _Drop('non_text_content', f, f"parts of type {', '.join(other)}")
     for j, p in enumerate(parts):
         if not isinstance(p.get('text'), str): raise _Bad(f"{f}[{j}].text", f"a text part needs a 'text' str; found {_short(p)}")
@@ -547,11 +546,15 @@ def _tool_calls(v, f):
         fn = c.get('function', c)
         if not isinstance(fn, Mapping) or not isinstance(fn.get('name'), str):
             raise _Bad(f"{f}[{j}]", f"a tool call needs a function name ({{'function': {{'name': ..., 'arguments': ...}}}}); got {_short(c)}")
+        args = fn.get('arguments')
+        if isinstance(args, str):  # OpenAI writes arguments as JSON text; chat templates take a dict (and would quote the text)
+            try: fn['arguments'] = json.loads(args) if args.strip() else {}
+            except ValueError: raise _Bad(f"{f}[{j}].function.arguments", f"arguments given as text must be JSON, got {_short(args)}") from None
     return json.dumps(v, ensure_ascii=False)
 
 # %% ../nbs/00_data.ipynb #e96c1ba5
 def _message(m, f):
-    "One message as {'role', 'content'} (plus its tool-use keys, if any)."
+    "One message as {'role', 'content'}, plus its tool calls and any other key with a text value."
     if not isinstance(m, Mapping): raise _Bad(f, f"expected a {{role, content}} message, got {type(m).__name__} {_short(m)}")
     role = m.get('role', m.get('from', _MISSING))
     content = m.get('content', m.get('value', _MISSING))
@@ -564,10 +567,10 @@ def _message(m, f):
     out = {'role': _ROLE_ALIASES.get(r, r) if r in _ROLES else role,
            'content': '' if _is_null(content) else _content(content, f + '.content')}
     if calls is not None: out['tool_calls'] = calls
-    for k in ('name', 'tool_call_id'):
-        if not _is_null(m.get(k)):
-            if not isinstance(m[k], str): raise _Bad(f"{f}.{k}", f"expected str, got {type(m[k]).__name__}")
-            out[k] = m[k]
+    for k, x in m.items():  # other keys a template may read (name, tool_call_id, reasoning_content, ...), if text
+        if k in ('role', 'content', 'from', 'value', 'tool_calls') or _is_null(x) or (isinstance(x, (list, dict)) and not x): continue
+        if not isinstance(x, str): raise _Bad(f"{f}.{k}", f"message keys beside role, content and tool_calls must be text, got {type(x).__name__} {_short(x)}")
+        out[k] = _unicode(x, f"{f}.{k}")
     return out
 
 def _messages(v, fld, prompt_ok=False):
@@ -630,7 +633,7 @@ def _row_implicit(row, markers):
 def _row_conversational(row, markers):
     c, r = _messages(row.get('chosen'), 'chosen'), _messages(row.get('rejected'), 'rejected')
     p = row.get('prompt', _MISSING)
-    p_msgs = not _is_null(p) and isinstance(_py(p), (list, Mapping))
+    p_msgs = not _is_null(p) and isinstance(_py(p), (list, Mapping)) and len(_py(p)) > 0  # ([] is Arrow's "no prompt")
     whole = bool(c) and bool(r) and c[0]['role'] != 'assistant' and r[0]['role'] != 'assistant'
     if whole and not p_msgs:  # shape 2: conversations carry their own prompt
         if c == r: raise _Drop('identical', 'chosen,rejected', 'same conversation')
@@ -683,10 +686,10 @@ def _pair_ids(cols, n, where, from_text=False):
     if dup: raise PreferenceDataError(f"{where}, field 'pair_id': ids must be unique; repeated: {_fmt_ids(dup)}")
     return out
 
-def _pair_key(pair):
-    "(key, key with chosen and rejected swapped) of a normalised pair, to find repeated pairs."
+def _pair_key(pair, extra=()):
+    "(key, key with chosen and rejected swapped) of a normalised pair (and its tools, template variables), to find repeats."
     p, c, r = (x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in (pair['prompt'], pair['chosen'], pair['rejected']))
-    return (p, c, r), (p, r, c)
+    return (p, c, r, *extra), (p, r, c, *extra)
 
 def _row_name(i, pid): return f"row {i}" + (f" (pair_id {pid})" if pid != i else '')
 
@@ -708,7 +711,11 @@ def _chat_column(v, k, where, i):
         except ValueError: raise PreferenceTypeError(f"{where}, row {i}, field {k!r}: text that is not JSON: {_short(v)}") from None
     want = list if k == 'tools' else dict
     if not isinstance(v, want): raise PreferenceTypeError(f"{where}, row {i}, field {k!r}: expected a {want.__name__}, got {type(v).__name__} {_short(v)}")
-    return json.dumps(v, ensure_ascii=False)
+    if k == 'tools': v = [get_json_schema(t) if callable(t) else t for t in v]  # a Python function, as transformers takes it
+    try:
+        if k == 'chat_template_kwargs': _template_kwargs(v, k)
+        return json.dumps(v, ensure_ascii=False)
+    except (TypeError, ValueError) as e: raise PreferenceTypeError(f"{where}, row {i}, field {k!r}: {e}") from None
 
 def _check_csv_not_conversational(cols, where):
     for i, v in enumerate(cols.get('chosen', [])):
@@ -777,6 +784,9 @@ def load_preferences(
     rep = DataReport(where, fmt, n_rows=n)
     if split is not None and file_kind != 'datasets': rep.notes.append(f"split={split!r} ignored: {where} holds one table")
     if fmt == 'implicit' and 'prompt' in cols: rep.notes.append("implicit format forced: the 'prompt' column is ignored")
+    for k in _CHAT_COLUMNS:
+        if k in cols and fmt != 'conversational' and k not in keep_columns:
+            rep.notes.append(f"the {k!r} column is ignored: these pairs are plain text, which no chat template renders")
     ids = _pair_ids(cols, n, where, from_text=file_kind in ('csv', 'tsv'))
     row_fn, markers = _ROW_FNS[fmt], (human_marker, assistant_marker)
     names = [c for c in ('prompt', 'chosen', 'rejected') if c in cols]
@@ -797,13 +807,13 @@ def load_preferences(
                             f"last prompt turn {_short(pair['prompt'][-1]['content'])}: move it into the responses, "
                             "or end the prompt with a user turn")
             if later_turns == 'drop' and flags.get('later_turns'): raise _Drop('later_turns', 'chosen,rejected', 'later_turns=drop')
-            key, rev = _pair_key(pair)
+            extra = {k: _chat_column(cols[k][i], k, where, i) for k in chat_cols}
+            key, rev = _pair_key(pair, tuple(extra.values()))
             if key in seen:
                 if duplicates == 'drop': raise _Drop('duplicate', 'prompt,chosen,rejected', f"same as pair_id {seen[key]}")
                 rep.add('load', 'flag', 'duplicate', pid, 'prompt,chosen,rejected', f"same as pair_id {seen[key]}")
             else: seen[key] = pid
             if rev in seen: rep.add('load', 'flag', 'reversed_duplicate', pid, 'chosen,rejected', f"pair_id {seen[rev]} swaps them")
-            extra = {k: _chat_column(cols[k][i], k, where, i) for k in chat_cols}
         except _Drop as d:
             rep.add('load', 'drop', d.reason, pid, d.field, d.detail); continue
         except _Bad as b:
@@ -827,7 +837,7 @@ def load_preferences(
         raise err
     if warn: rep._warn_stage('load', f"load_preferences({where})")
     txt = Value('string')
-    keys = [k for k in _EXTRA if fmt == 'conversational' and any(k in m for f in ('prompt', 'chosen', 'rejected') for v in out[f] for m in v)]
+    keys = sorted({k for f in ('prompt', 'chosen', 'rejected') for v in out[f] for m in v for k in m} - {'role', 'content'}) if fmt == 'conversational' else []
     if keys:
         for f in ('prompt', 'chosen', 'rejected'): out[f] = [_with_keys(v, keys) for v in out[f]]
     feats = Features({'pair_id': Value('int64'), **{k: _conv_feature(keys) if fmt == 'conversational' else txt
@@ -957,7 +967,7 @@ def _truncate_prompt(ids, n_lead, limit):
 
 # %% ../nbs/00_data.ipynb #b334743e
 # apply_chat_template's own arguments: a template variable of one of these names would change what it does
-_TEMPLATE_ARGS = {'conversation', 'tools', 'documents', 'chat_template', 'add_generation_prompt', 'continue_final_message',
+_TEMPLATE_ARGS = {'conversation', 'messages', 'tools', 'documents', 'chat_template', 'add_generation_prompt', 'continue_final_message',
                   'tokenize', 'padding', 'truncation', 'max_length', 'return_tensors', 'return_dict', 'tokenizer_kwargs',
                   'return_assistant_tokens_mask', 'sanitize_control_tokens'}
 
@@ -972,16 +982,21 @@ def _template_kwargs(kw, where='chat_template_kwargs'):
 
 def _tool_name(t): return t.get('function', t).get('name') if isinstance(t, Mapping) else getattr(t, '__name__', None)
 
+def _try_render(render, *args, **kw):
+    "A rendering of a conversation changed on purpose, or None where the template refuses it (it may check turns)."
+    try: return render(*args, **kw)
+    except Exception: return None
+
 def _unrendered(render, msgs, n_prompt, side, text, prompt_text, tools):
     "(field, what) of the first tool call, tool result or tool that changes nothing in the rendering when left out; else None."
     for k, m in enumerate(msgs):
         if not (m.get('tool_calls') or m['role'] in _TOOL_ROLES): continue
         f = f"prompt[{k}]" if k < n_prompt else f"{side}[{k - n_prompt}]"
         without = msgs[:k] + ([{**m, 'tool_calls': None}] if m.get('tool_calls') else []) + msgs[k + 1:]
-        if without and render(without, tools=tools) == text:
+        if without and _try_render(render, without, tools=tools) == text:
             names = [c.get('function', c)['name'] for c in json.loads(m['tool_calls'])] if m.get('tool_calls') else []
             return f, f"the call to {', '.join(map(repr, names))}" if names else f"the {m['role']} result {_short(m['content'])}"
-    if tools and render(msgs[:n_prompt], tools=None, add_generation_prompt=True) == prompt_text:
+    if tools and _try_render(render, msgs[:n_prompt], tools=None, add_generation_prompt=True) == prompt_text:
         return 'tools', f"the tools {[_tool_name(t) for t in tools]}"
     return None
 
@@ -1040,6 +1055,10 @@ def _row_chat(cols, i, pid, tools, kwargs):
     kw = cols.get('chat_template_kwargs', [None] * (i + 1))[i]
     return (tools if t is None else json.loads(t)), {**kwargs, **_template_kwargs(None if kw is None else json.loads(kw), f"pair_id {pid}, chat_template_kwargs")}
 
+def _only_specials(msgs, spells):
+    "Whether a chat response's content is nothing but special-token text (and no tool call)."
+    return spells is not None and not any(m.get('tool_calls') or spells.sub('', m['content']).strip() for m in msgs)
+
 def _turn_end(msgs, text):
     "What the template renders after a response's last content (its end-of-turn tokens), or None if not found."
     body = msgs[-1]['content'].strip() if msgs else ''
@@ -1069,6 +1088,9 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
     data = checked
     f = data.features['prompt']
     conv = not (isinstance(f, Value) and f.dtype in ('string', 'large_string'))  # messages, not text
+    if not conv and (tools or kwargs):
+        raise ValueError("tools and chat_template_kwargs apply to conversational pairs; these pairs are plain text, which no "
+                         "chat template renders")
     eos = getattr(tokenizer, 'eos_token_id', None)
     if eos is None and not conv: raise PreferenceDataError("tokenizer has no EOS token (text responses end with one); set tokenizer.eos_token")
     if conv and not (chat_template or getattr(tokenizer, 'chat_template', None)):
@@ -1116,8 +1138,8 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
                 if m: merged[side] = _merge_detail(tokenizer, p_ids[j] + ids, joint)
                 resp.append(ids)
             p_text = P[j]
-        bos = getattr(tokenizer, 'bos_token_id', None)
-        n_lead = len(lead) if lead else int(bos is not None and pi[:1] == [bos])  # kept by left truncation
+        bos = getattr(tokenizer, 'bos_token_id', None)  # kept by left truncation (a BOS, not a turn opener used as one: SmolLM2)
+        n_lead = len(lead) if lead else int(bos is not None and pi[:1] == [bos] and pi.count(bos) == 1)
         pt = _truncate_prompt(pi, n_lead, max_prompt_length)
         budget = None if max_length is None else max_length - len(pt)
         row = dict(pair_id=pid, prompt_ids=pt, prompt_truncated=len(pi) - len(pt), boundary_merge=bool(merged), prompt_text=p_text)
@@ -1125,6 +1147,10 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
                    if spells else [] for side in ('prompt', 'chosen', 'rejected')}
         dropped = False
         for side, ids, text in zip(('chosen', 'rejected'), resp, resp_text):
+            if conv and (not ids or _only_specials(cols[side][i], spells)):
+                rep.add('tokenize', 'drop', 'empty_response', pid, side, "the chat template renders nothing for it" if not ids else
+                        f"its content is only special tokens: {_short(''.join(m['content'] for m in cols[side][i]))}")
+                dropped = True; break
             if not conv:  # (a chat response ends as its template ends the turn: nothing added)
                 ids, h = _end_with_one_eos(ids, eos, tokenizer)
                 how[h] += 1
@@ -1141,8 +1167,9 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
         if row['chosen_ids'] == row['rejected_ids']:
             same = resp[0] == resp[1]
             rep.add('tokenize', 'drop', 'identical_tokens', pid, 'chosen,rejected',
-                    f"the texts differ but tokenize alike ({len(resp[0])} tokens): characters the vocabulary maps to "
-                    "one token (unknown, case-folded, normalised)" if same else
+                    f"the texts differ but tokenize alike ({len(resp[0])} tokens): " + ("the chat template renders them "
+                    "alike (it may trim them)" if conv else "characters the vocabulary maps to one token (unknown, case-folded, "
+                    "normalised)") if same else
                     f"identical in their first {len(row['chosen_ids'])} tokens, which is all that max_length={max_length} keeps")
             continue
         for k in ('prompt', 'chosen', 'rejected'):

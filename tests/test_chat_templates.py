@@ -9,12 +9,14 @@ import pytest
 
 from conftest import save_tiny_model, word_tokenizer
 from dpo_nb.cli import main
-from dpo_nb.data import DataWarning, PreferenceTypeError, load_preferences, tokenize_pairs, train_bpe_tokenizer
+from dpo_nb.data import DataWarning, PreferenceDataError, PreferenceTypeError, load_preferences, tokenize_pairs, train_bpe_tokenizer
 from dpo_nb.report import data_report_html
 from dpo_nb.train import DPOConfig, DPOTrainer, batch_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import vs_trl  # noqa: E402
+from tokenizer_families import load_family  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "anthropic-hh-rlhf" / "harmless-base-test.jsonl.gz"
 # ChatML as Qwen2.5 and SmolLM2 write it (without their default system prompt): no BOS, turns end with <|im_end|>\n
@@ -81,7 +83,7 @@ def test_multi_turn_responses_follow_the_same_rule():
 
 # ---------------------------------------------------------------- real HH conversations beside TRL 1.16
 
-def hh_conversations(n):
+def hh_conversations(n, max_chars=1200):
     "The first `n` HH pairs as messages (transcripts split at their Human/Assistant markers), whole conversations."
     if not HH.exists(): pytest.skip(f"{HH} not present")
     turns = lambda text: [{"role": "user" if who == "Human" else "assistant", "content": body.strip()}
@@ -92,7 +94,7 @@ def hh_conversations(n):
             row = json.loads(line)
             c, r = turns(row["chosen"]), turns(row["rejected"])
             if len(c) == len(r) and c[:-1] == r[:-1] and c[-1]["role"] == "assistant" and c[-1] != r[-1] and \
-                    all(m["content"] for m in c + r) and len(row["chosen"]) + len(row["rejected"]) < 1200:
+                    all(m["content"] for m in c + r) and len(row["chosen"]) + len(row["rejected"]) < max_chars:
                 out.append(dict(prompt=c[:-1], chosen=c[-1:], rejected=r[-1:]))
             if len(out) == n: return out
     return out
@@ -114,6 +116,23 @@ def test_hh_conversations_same_ids_and_step_losses_as_trl(eos):
     trl = vs_trl.run_tool("TRL best", pristine, tk, pairs, data, order, args, dev)  # asserts TRL's ids are ours, row for row
     assert max(abs(x - y) for x, y in zip(ours["losses"], trl["losses"])) < 1e-5, (ours["losses"], trl["losses"])
     assert ours["losses"][-1] != ours["losses"][0]
+
+
+@pytest.mark.parametrize("family", ["qwen2.5"])  # (test_chat_families.py checks every family's ids against TRL's)
+def test_hh_conversations_on_a_real_template_same_step_losses_as_trl(family):
+    args = argparse.Namespace(batch_size=2, steps=3)
+    n = args.batch_size * (1 + args.steps)
+    pairs, tk = hh_conversations(n, 500), load_family(family)
+    data = quiet(tokenize_pairs, pairs, tk, max_length=None, max_prompt_length=None)
+    assert len(data) == n
+    order = [i for s in range(1 + args.steps) for i in batch_rows(n, args.batch_size, vs_trl.SEED, s)[0]]
+    vs_trl.torch.manual_seed(0)  # a small model over the whole vocabulary (128k tokens)
+    pristine = LlamaForCausalLM(LlamaConfig(vocab_size=len(tk), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048))
+    dev = vs_trl.torch.device("cpu")
+    ours = vs_trl.run_tool("dpo_nb", pristine, tk, pairs, data, order, args, dev)
+    trl = vs_trl.run_tool("TRL best", pristine, tk, pairs, data, order, args, dev)  # asserts TRL's ids are ours, row for row
+    assert max(abs(x - y) for x, y in zip(ours["losses"], trl["losses"])) < 1e-5, (ours["losses"], trl["losses"])
 
 
 # ---------------------------------------------------------------- messages as chat APIs write them
@@ -284,3 +303,101 @@ def test_a_mixed_dataset_counts_template_errors_and_non_text_rows_in_the_report(
     assert d.loc[4, "detail"].startswith("prompt [system, user], chosen [assistant], rejected [assistant]")
     html = data_report_html(t.report)
     assert "template_error" in html and "non_text_content" in html and "System role not supported" in html
+
+
+# ---------------------------------------------------------------- messy messages, as a review found them
+
+def test_other_text_keys_reach_the_template():
+    tk = chatml_tokenizer()
+    think = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>"
+             "{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    row = dict(prompt=[u("Is the sky blue?")], chosen=[{**a("Yes."), "reasoning_content": "It is day."}],
+               rejected=[{**a("Yes."), "reasoning_content": "No idea."}])
+    t = tokenize_pairs([row], tk, chat_template=think)  # the same answer, told apart by its reasoning only: not 'identical'
+    assert t[0]["prompt_ids"] + t[0]["chosen_ids"] == whole(tk, row["prompt"] + row["chosen"], chat_template=think)
+    assert "<think>It is day.</think>" in t[0]["chosen_text"]
+    with pytest.raises(PreferenceTypeError, match=r"field 'chosen\[0\].score': message keys beside role, content and tool_calls must be text"):
+        load_preferences([dict(row, chosen=[{**a("Yes."), "score": 3}])])
+
+
+def test_a_template_that_checks_turns_without_tool_calls_is_not_crashed_by_the_tool_check():
+    # (Mistral v0.3 / Nemo style: alternation is checked over the messages without tool calls; leaving a call out to see
+    # whether it is rendered makes that check raise, which must not abort tokenization)
+    tmpl = ('{%- for m in messages | rejectattr("role", "equalto", "tool") | selectattr("tool_calls", "undefined") %}'
+            '{%- if (m.role == "user") != (loop.index0 % 2 == 0) %}{{ raise_exception("roles must alternate") }}{% endif %}{% endfor %}'
+            '{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}{% if m.tool_calls is defined %}{{ m.tool_calls | tojson }}'
+            '{% endif %}<|im_end|>\n{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}')
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {}}}]}
+    rows = [dict(prompt=[u("Weather?"), call, {"role": "tool", "content": "sunny"}], chosen=[a("Sunny.")], rejected=[a("Cold.")])]
+    t = tokenize_pairs(rows, chatml_tokenizer(), chat_template=tmpl, max_length=None, max_prompt_length=None)
+    assert t["pair_id"] == [0] and '"name": "weather"' in t[0]["prompt_text"]
+
+
+def test_tool_call_arguments_as_text_become_a_dict_and_functions_become_schemas():
+    def weather(city: str):
+        """Weather in a city.
+
+        Args:
+            city: the city
+        """
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]}
+    ds = load_preferences([dict(prompt=[u("Weather in Paris?")], chosen=[call], rejected=[a("No idea.")], tools=[weather])])
+    assert json.loads(ds[0]["chosen"][0]["tool_calls"])[0]["function"]["arguments"] == {"city": "Paris"}
+    assert json.loads(ds[0]["tools"])[0]["function"]["name"] == "weather"
+    with pytest.raises(PreferenceTypeError, match=r"row 0, field 'chat_template_kwargs'"):
+        load_preferences([dict(prompt=[u("Q")], chosen=[a("A")], rejected=[a("B")], chat_template_kwargs={"x": {1}})])
+    with pytest.raises(PreferenceTypeError, match=r"row 0, field 'chat_template_kwargs'.*own arguments"):
+        load_preferences([dict(prompt=[u("Q")], chosen=[a("A")], rejected=[a("B")], chat_template_kwargs={"tools": []})])
+    with pytest.raises(ValueError, match=r"\['messages'\] are apply_chat_template's own arguments"):
+        tokenize_pairs([dict(prompt=[u("Q")], chosen=[a("A")], rejected=[a("B")])], chatml_tokenizer(), chat_template_kwargs={"messages": 1})
+
+
+def test_repeats_count_tools_and_a_model_role_is_an_assistant():
+    base = dict(prompt=[u("Weather?")], chosen=[a("Sunny.")], rejected=[a("Cold.")])
+    tools = lambda name: [{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}]
+    ds = load_preferences([dict(base, tools=tools("weather")), dict(base, tools=tools("search")), dict(base, tools=tools("search"))],
+                          duplicates="drop", warn=False)
+    assert ds["pair_id"] == [0, 1] and ds.report.ids("duplicate") == [2]
+    gemini = load_preferences([dict(chosen=[u("Hi"), {"role": "model", "content": "Hello"}],
+                                    rejected=[u("Hi"), {"role": "model", "content": "Go"}], prompt=[])])
+    assert gemini[0]["prompt"] == [u("Hi")] and gemini[0]["chosen"] == [a("Hello")] and not gemini.report.issues
+    parts = load_preferences([dict(prompt=[{"role": "user", "content": [{"text": "Hi"}]}], chosen=[a("A")], rejected=[a("B")])])
+    assert parts[0]["prompt"] == [u("Hi")]  # a part with text and no type is text
+
+
+def test_a_response_the_template_renders_nothing_for_or_only_special_tokens_is_dropped():
+    tk = chatml_tokenizer()
+    users_only = ("{% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    rows = [dict(prompt=[u("Hi")], chosen=[a("Hello")], rejected=[a("Go")]),
+            dict(prompt=[u("Hi")], chosen=[a("<|im_end|>")], rejected=[a("Go away.")])]
+    with pytest.raises(PreferenceDataError, match="dropped all 1 pairs") as ei:
+        tokenize_pairs(rows[:1], tk, chat_template=users_only, warn=False)
+    assert [(i.reason, i.field, i.detail) for i in ei.value.report.issues] == [("empty_response", "chosen", "the chat template renders nothing for it")]
+    t = quiet(tokenize_pairs, rows, tk)
+    d = t.report.to_frame().query("kind == 'drop'").set_index("pair_id")
+    assert list(d.index) == [1] and d.loc[1, "reason"] == "empty_response" and "only special tokens" in d.loc[1, "detail"]
+
+
+def test_tools_or_template_variables_for_plain_text_are_refused_or_noted():
+    tk = chatml_tokenizer()
+    rows = [dict(prompt="Where is the cat?", chosen=" Over there.", rejected=" Gone.")]
+    for kw in (dict(tools=[WEATHER]), dict(chat_template_kwargs={"enable_thinking": False})):
+        with pytest.raises(ValueError, match="apply to conversational pairs; these pairs are plain text"):
+            tokenize_pairs(rows, tk, **kw)
+    ds = load_preferences([dict(rows[0], tools=[WEATHER])])
+    assert any("the 'tools' column is ignored: these pairs are plain text" in n for n in ds.report.notes)
+
+
+def test_left_truncation_keeps_a_bos_but_not_a_turn_opener_standing_in_for_one():
+    from tokenizer_families import load_family
+    tk = load_family("smollm2")  # bos_token is <|im_start|>, which also opens every turn
+    row = dict(prompt=[u("Where is the cat? " * 20)], chosen=[a("Over there.")], rejected=[a("Gone.")])
+    t = quiet(tokenize_pairs, [row], tk, max_length=64, max_prompt_length=16)
+    full = whole(tk, row["prompt"], add_generation_prompt=True)
+    assert t[0]["prompt_ids"] == full[-16:]  # cut from the left, no dangling <|im_start|> kept in front
+    l3 = load_family("llama3")  # a real BOS, rendered once by the template: kept
+    t = quiet(tokenize_pairs, [row], l3, max_length=64, max_prompt_length=16)
+    full = whole(l3, row["prompt"], add_generation_prompt=True)
+    assert t[0]["prompt_ids"] == full[:1] + full[-15:] and full[0] == l3.bos_token_id
