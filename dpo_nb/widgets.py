@@ -436,13 +436,23 @@ def _score_row(self: Run, row: dict) -> pd.DataFrame:
     with self.reference() as ref: refo = _eval_logps(ref, batch) if ref is not None else None
     return token_records(batch, pol, refo, self.tokenizer, self.step)
 
-def _tokenize(self: Run, prompt: str, chosen: str, rejected: str, pair_id: int = 0):
+# a chat pair's stored texts are already what its template rendered: tokenized as they are (00_data's rule for chat)
+_AS_RENDERED = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+def _tokenize(self: Run, prompt: str, chosen: str, rejected: str, pair_id: int = 0, rendered: bool = False):
     "One pair of texts tokenized as the run tokenizes (its max lengths): the row, and the tokenization report"
     from dpo_nb.data import tokenize_pairs
     c = self.config
-    ds = tokenize_pairs([dict(pair_id=pair_id, prompt=prompt, chosen=chosen, rejected=rejected)], self.tokenizer,
-                        max_length=c.get("max_length", 512), max_prompt_length=c.get("max_prompt_length", 256), warn=False)
+    row = dict(pair_id=pair_id, prompt=prompt, chosen=chosen, rejected=rejected)
+    if rendered: row = dict(pair_id=pair_id, prompt=[dict(role="user", content=prompt)],
+                            **{k: [dict(role="assistant", content=row[k])] for k in ("chosen", "rejected")})
+    ds = tokenize_pairs([row], self.tokenizer, max_length=c.get("max_length", 512), max_prompt_length=c.get("max_prompt_length", 256),
+                        chat_template=_AS_RENDERED if rendered else None, warn=False)
     return ds[0], ds.report
+
+def _conversational(self: Run) -> bool:
+    "Whether the run trained on chat pairs (their stored texts are template renderings)"
+    return ((self.history.meta.get("data") or {}).get("train") or {}).get("format_name") == "conversational"
 
 def _pair_tokens(self: Run, split: str, pair_id: int) -> pd.DataFrame | None:
     "Token records of a pair under the current models (cached per step); None when it cannot be computed"
@@ -453,7 +463,7 @@ def _pair_tokens(self: Run, split: str, pair_id: int) -> pd.DataFrame | None:
         if row is None:  # no tokenized data: tokenize the stored text
             t = self.history.text(pair_id, split)
             if not t: return None
-            row = _tokenize(self, t["prompt"], t["chosen"], t["rejected"], pair_id)[0]
+            row = _tokenize(self, t["prompt"], t["chosen"], t["rejected"], pair_id, rendered=_conversational(self))[0]
         if len(self._scored) > 256: self._scored.clear()
         self._scored[key] = _score_row(self, row)
     return self._scored[key]

@@ -401,3 +401,23 @@ def test_left_truncation_keeps_a_bos_but_not_a_turn_opener_standing_in_for_one()
     t = quiet(tokenize_pairs, [row], l3, max_length=64, max_prompt_length=16)
     full = whole(l3, row["prompt"], add_generation_prompt=True)
     assert t[0]["prompt_ids"] == full[:1] + full[-15:] and full[0] == l3.bos_token_id
+
+
+def test_a_run_without_its_data_rescoring_a_chat_pair_uses_the_training_ids():
+    # (a History holds each pair's texts: for chat data, the template's rendering, which must not gain a BOS or an EOS
+    # when a widget tokenizes it again to score a pair's tokens)
+    from dpo_nb.widgets import Run
+    tk = word_tokenizer(WORDS)
+    tk.chat_template = PERSONA
+    model = vs_trl.initial_model(len(tk))
+    tr = quiet(DPOTrainer, model, tk, FILM, DPOConfig(batch_size=2, max_steps=1, device="cpu", progress=False, kl_every=0))
+    quiet(tr.fit)
+    run = Run(tr.history, model=tr.model, tokenizer=tk)  # no data: pairs are tokenized from the stored texts
+    for i, pid in enumerate(tr.train_data["pair_id"][:3]):
+        t = tr.history.text(pid, "train")
+        row = run.tokenize(t["prompt"], t["chosen"], t["rejected"], pid, rendered=True)[0]
+        assert [row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")] == \
+            [tr.train_data[i][k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")]
+        scored = run.pair_tokens("train", pid)
+        assert scored[scored.side == "chosen"].token_id.tolist() == tr.train_data[i]["chosen_ids"]
+        assert scored[scored.side == "prompt"].token_id.tolist() == tr.train_data[i]["prompt_ids"]
