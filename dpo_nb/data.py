@@ -1048,7 +1048,7 @@ def _text_ids(tokenizer, p_ids, joint_ids, text):
     if joint_ids[:len(p_ids)] == p_ids: return joint_ids[len(p_ids):], False
     return _continuation_ids(tokenizer, text), True
 
-# %% ../nbs/00_data.ipynb #dcca5c01
+# %% ../nbs/00_data.ipynb #c537b333
 def _row_chat(cols, i, pid, tools, kwargs):
     "A row's (tools, template variables): its own `tools` column wins; its own `chat_template_kwargs` add to `kwargs`."
     t = cols.get('tools', [None] * (i + 1))[i]
@@ -1064,6 +1064,81 @@ def _turn_end(msgs, text):
     body = msgs[-1]['content'].strip() if msgs else ''
     return text[text.rfind(body) + len(body):] if body and body in text else None
 
+def _split_chat(tokenizer, P, J, p_ids, j_ids):
+    "One chat pair's (prompt ids, [response ids], prompt text, [response texts], {'prompt': why} if the prompt was cut)."
+    pi, resp, n_cut = _chat_ids(p_ids, j_ids)
+    whole = not n_cut and all(x.startswith(P) for x in J)
+    texts = [x[len(P):] if whole else tokenizer.decode(r) for x, r in zip(J, resp)]
+    cut = {'prompt': f"the prompt's last {n_cut} token(s) {'|'.join(tokenizer.convert_ids_to_tokens(p_ids[len(pi):][:4]))} are not "
+                     f"in the whole conversation's ids; the responses start at prompt token {len(pi)}"} if n_cut else {}
+    return pi, resp, P if not n_cut else tokenizer.decode(pi), texts, cut
+
+def _split_text(tokenizer, lead, P, texts, p_ids, j_ids):
+    "One plain-text pair's (prompt ids with the tokenizer's lead, [response ids], prompt text, texts, {side: merge} for merged sides)."
+    pi = p_ids if lead and p_ids[:len(lead)] == lead else lead + p_ids
+    resp, merged = [], {}
+    for side, joint, text in zip(('chosen', 'rejected'), j_ids, texts):
+        ids, m = _text_ids(tokenizer, p_ids, joint, text)
+        if m: merged[side] = _merge_detail(tokenizer, p_ids + ids, joint)
+        resp.append(ids)
+    return pi, resp, P, list(texts), merged
+
+# %% ../nbs/00_data.ipynb #3d0dc27c
+def _fit(rep, pid, pi, resp, texts, conv, msgs, tokenizer, eos, n_lead, max_length, max_prompt_length, special_ids, spells):
+    "A pair cut to the limits, with one EOS per plain-text response, as a row dict; None (and the drop in `rep`) if it cannot be."
+    pt = _truncate_prompt(pi, n_lead, max_prompt_length)
+    budget = None if max_length is None else max_length - len(pt)
+    row, how = dict(pair_id=pid, prompt_ids=pt, prompt_truncated=len(pi) - len(pt)), []
+    for side, ids, text in zip(('chosen', 'rejected'), resp, texts):
+        if conv and (not ids or _only_specials(msgs[side], spells)):
+            rep.add('tokenize', 'drop', 'empty_response', pid, side, "the chat template renders nothing for it" if not ids else
+                    f"its content is only special tokens: {_short(''.join(m['content'] for m in msgs[side]))}")
+            return None, how
+        if not conv:  # (a chat response ends as its template ends the turn: nothing added)
+            ids, h = _end_with_one_eos(ids, eos, tokenizer)
+            how.append(h)
+            if h == 'trimmed': text = text[:text.rfind(tokenizer.eos_token) + len(tokenizer.eos_token)]
+        cut = ids if budget is None or len(ids) <= budget else ids[:max(budget, 0)]
+        if not cut:
+            rep.add('tokenize', 'drop', 'truncated_to_empty', pid, side, f"prompt uses {len(pt)} of max_length={max_length} tokens")
+            return None, how
+        if all(t in special_ids for t in ids):  # e.g. a response '</s>': no token of its own
+            rep.add('tokenize', 'drop', 'empty_response', pid, side, f"only special tokens: {tokenizer.convert_ids_to_tokens(ids)}")
+            return None, how
+        row[f'{side}_ids'], row[f'{side}_truncated'], row[f'{side}_text'] = cut, len(ids) - len(cut), text
+    if row['chosen_ids'] == row['rejected_ids']:
+        rep.add('tokenize', 'drop', 'identical_tokens', pid, 'chosen,rejected',
+                f"the texts differ but tokenize alike ({len(resp[0])} tokens): " + ("the chat template renders them alike (it "
+                "may trim them)" if conv else "characters the vocabulary maps to one token (unknown, case-folded, normalised)")
+                if resp[0] == resp[1] else
+                f"identical in their first {len(row['chosen_ids'])} tokens, which is all that max_length={max_length} keeps")
+        return None, how
+    return row, how
+
+# %% ../nbs/00_data.ipynb #effe9b53
+def _flag_row(rep, row, msgs, merged, conv, mismatch, spells, tokenizer):
+    "Flag what a kept pair's tokenization changed or met: truncation, special-token text, a merged or mismatched boundary."
+    pid = row['pair_id']
+    for k in ('prompt', 'chosen', 'rejected'):
+        if row[f'{k}_truncated']: rep.add('tokenize', 'flag', f'{k}_truncated', pid, k, f"removed {row[f'{k}_truncated']} tokens")
+    for k in ('prompt', 'chosen', 'rejected'):
+        found = sorted({m for x in _contents(msgs[k]) for m in spells.findall(x if conv else _bare(x, k, tokenizer))}) if spells else []
+        if found: rep.add('tokenize', 'flag', 'special_token_text', pid, k, f"spells {', '.join(found)}")
+    if merged: rep.add('tokenize', 'flag', 'template_mismatch' if mismatch else 'boundary_merge', pid, ','.join(merged),
+                       '; '.join(f"{k}: {v}" for k, v in merged.items()))
+
+def _tokenize_notes(rep, tokenizer, conv, pad, eos, how, ends, specials, lead):
+    "The report's notes on padding, how responses end, and what prompts start with."
+    if getattr(tokenizer, 'pad_token_id', None) is None:
+        msg = f"tokenizer has no pad token: padding with EOS (id {pad}); padding is masked, so this is safe"
+        rep.notes.append(msg); _log.info(msg)
+    if conv: rep.notes.extend(_chat_notes(ends, specials))
+    else: rep.notes.append(f"responses end with one EOS (id {eos}): appended to {how['appended']}, already there in "
+                           f"{how['rendered']}" + (f", already there with the whitespace after it removed in {how['trimmed']}"
+                                                   if how['trimmed'] else ''))
+    if lead: rep.notes.append(f"prompts start with the tokenizer's {tokenizer.convert_ids_to_tokens(lead)}")
+
+# %% ../nbs/00_data.ipynb #dcca5c01
 def tokenize_pairs(data,                      # output of `load_preferences`, or anything it accepts
                    tokenizer,                 # a transformers tokenizer
                    max_length: int | None = 512,        # max tokens of prompt + one response
@@ -1082,12 +1157,10 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
     kwargs = _template_kwargs(chat_template_kwargs)
     if tools is not None and not isinstance(tools, (list, tuple)): raise TypeError(f"tools must be a list of tool schemas (dicts) or functions, not {type(tools).__name__}")
     prev = data_report(data) if isinstance(data, Dataset) else None
-    checked = load_preferences(data, warn=warn and prev is None)  # every row checked, also rows changed after loading (a .map())
-    rep = checked.report.copy() if prev is None else _merged(prev, checked.report)
-    fmt = prev.format_name if prev is not None else checked.format_name
-    data = checked
-    f = data.features['prompt']
-    conv = not (isinstance(f, Value) and f.dtype in ('string', 'large_string'))  # messages, not text
+    data = load_preferences(data, warn=warn and prev is None)  # every row checked, also rows changed after loading (a .map())
+    rep = data.report.copy() if prev is None else _merged(prev, data.report)
+    fmt = prev.format_name if prev is not None else data.format_name
+    conv = not (isinstance(data.features['prompt'], Value) and data.features['prompt'].dtype in ('string', 'large_string'))
     if not conv and (tools or kwargs):
         raise ValueError("tools and chat_template_kwargs apply to conversational pairs; these pairs are plain text, which no "
                          "chat template renders")
@@ -1111,86 +1184,31 @@ def tokenize_pairs(data,                      # output of `load_preferences`, or
         else: c, r = p + c, p + r
         keep.append(i); texts.append((p, c, r))
     P, JC, JR = (list(t) for t in zip(*texts)) if texts else ([], [], [])
-    # 2. ids: the prompt's, and prompt+response's, cut where the response starts
+    # 2. ids: the prompt's, and prompt+response's, cut where the response starts; then to the limits
     lead = [] if conv else _lead_ids(tokenizer)
     p_ids, jc_ids, jr_ids = _encode(tokenizer, P), _encode(tokenizer, JC), _encode(tokenizer, JR)
     out = {k: [] for k in ('pair_id', 'prompt_ids', 'chosen_ids', 'rejected_ids', 'prompt_truncated', 'chosen_truncated',
                            'rejected_truncated', 'boundary_merge', 'prompt_text', 'chosen_text', 'rejected_text')}
-    how, ends = Counter(), Counter()
+    how, ends, bos = Counter(), Counter(), getattr(tokenizer, 'bos_token_id', None)
     for j, i in enumerate(keep):
-        pid, merged = cols['pair_id'][i], {}
-        if conv:
-            pi, resp, n_cut = _chat_ids(p_ids[j], [jc_ids[j], jr_ids[j]])
-            same_text = all(J.startswith(P[j]) for J in (JC[j], JR[j]))
-            if n_cut and not pi:
-                rep.add('tokenize', 'drop', 'template_mismatch', pid, 'prompt', "the prompt alone and the conversations share no token"); continue
-            if n_cut:
-                tail = '|'.join(tokenizer.convert_ids_to_tokens(p_ids[j][len(pi):][:4]))
-                merged['prompt'] = (f"the prompt's last {n_cut} token(s) {tail} are not in the whole conversation's ids; "
-                                    f"the responses start at prompt token {len(pi)}")
-            resp_text = [J[len(P[j]):] if same_text and not n_cut else tokenizer.decode(x) for J, x in zip((JC[j], JR[j]), resp)]
-            p_text = P[j] if not n_cut else tokenizer.decode(pi)
-        else:
-            pi = p_ids[j] if lead and p_ids[j][:len(lead)] == lead else lead + p_ids[j]
-            resp, resp_text = [], [cols['chosen'][i], cols['rejected'][i]]
-            for side, joint, text in zip(('chosen', 'rejected'), (jc_ids[j], jr_ids[j]), resp_text):
-                ids, m = _text_ids(tokenizer, p_ids[j], joint, text)
-                if m: merged[side] = _merge_detail(tokenizer, p_ids[j] + ids, joint)
-                resp.append(ids)
-            p_text = P[j]
-        bos = getattr(tokenizer, 'bos_token_id', None)  # kept by left truncation (a BOS, not a turn opener used as one: SmolLM2)
+        pid, msgs = cols['pair_id'][i], {s: cols[s][i] for s in ('prompt', 'chosen', 'rejected')}
+        pi, resp, p_text, resp_text, merged = (_split_chat(tokenizer, P[j], (JC[j], JR[j]), p_ids[j], (jc_ids[j], jr_ids[j])) if conv else
+                                               _split_text(tokenizer, lead, P[j], (msgs['chosen'], msgs['rejected']), p_ids[j], (jc_ids[j], jr_ids[j])))
+        if conv and merged and not pi:
+            rep.add('tokenize', 'drop', 'template_mismatch', pid, 'prompt', "the prompt alone and the conversations share no token"); continue
+        # kept by left truncation: the lead, or a BOS the template rendered (not a turn opener standing in for one: SmolLM2)
         n_lead = len(lead) if lead else int(bos is not None and pi[:1] == [bos] and pi.count(bos) == 1)
-        pt = _truncate_prompt(pi, n_lead, max_prompt_length)
-        budget = None if max_length is None else max_length - len(pt)
-        row = dict(pair_id=pid, prompt_ids=pt, prompt_truncated=len(pi) - len(pt), boundary_merge=bool(merged), prompt_text=p_text)
-        spelled = {side: sorted({m for x in _contents(cols[side][i]) for m in spells.findall(x if conv else _bare(x, side, tokenizer))})
-                   if spells else [] for side in ('prompt', 'chosen', 'rejected')}
-        dropped = False
-        for side, ids, text in zip(('chosen', 'rejected'), resp, resp_text):
-            if conv and (not ids or _only_specials(cols[side][i], spells)):
-                rep.add('tokenize', 'drop', 'empty_response', pid, side, "the chat template renders nothing for it" if not ids else
-                        f"its content is only special tokens: {_short(''.join(m['content'] for m in cols[side][i]))}")
-                dropped = True; break
-            if not conv:  # (a chat response ends as its template ends the turn: nothing added)
-                ids, h = _end_with_one_eos(ids, eos, tokenizer)
-                how[h] += 1
-                if h == 'trimmed': text = text[:text.rfind(tokenizer.eos_token) + len(tokenizer.eos_token)]
-            cut = ids if budget is None or len(ids) <= budget else ids[:max(budget, 0)]
-            if not cut:
-                rep.add('tokenize', 'drop', 'truncated_to_empty', pid, side,
-                        f"prompt uses {len(pt)} of max_length={max_length} tokens"); dropped = True; break
-            if all(t in special_ids for t in ids):  # e.g. a response '</s>': no token of its own
-                rep.add('tokenize', 'drop', 'empty_response', pid, side, f"only special tokens: {tokenizer.convert_ids_to_tokens(ids)}")
-                dropped = True; break
-            row[f'{side}_ids'], row[f'{side}_truncated'], row[f'{side}_text'] = cut, len(ids) - len(cut), text
-        if dropped: continue
-        if row['chosen_ids'] == row['rejected_ids']:
-            same = resp[0] == resp[1]
-            rep.add('tokenize', 'drop', 'identical_tokens', pid, 'chosen,rejected',
-                    f"the texts differ but tokenize alike ({len(resp[0])} tokens): " + ("the chat template renders them "
-                    "alike (it may trim them)" if conv else "characters the vocabulary maps to one token (unknown, case-folded, "
-                    "normalised)") if same else
-                    f"identical in their first {len(row['chosen_ids'])} tokens, which is all that max_length={max_length} keeps")
-            continue
-        for k in ('prompt', 'chosen', 'rejected'):
-            if row[f'{k}_truncated']: rep.add('tokenize', 'flag', f'{k}_truncated', pid, k, f"removed {row[f'{k}_truncated']} tokens")
-        for k, found in spelled.items():
-            if found: rep.add('tokenize', 'flag', 'special_token_text', pid, k, f"spells {', '.join(found)}")
-        if merged: rep.add('tokenize', 'flag', 'boundary_merge' if not conv or same_text else 'template_mismatch', pid,
-                           ','.join(merged), '; '.join(f"{k}: {v}" for k, v in merged.items()))
-        if conv: ends.update(_turn_end(cols[s][i], row[f'{s}_text']) for s in ('chosen', 'rejected') if not row[f'{s}_truncated'])
+        row, h = _fit(rep, pid, pi, resp, resp_text, conv, msgs, tokenizer, eos, n_lead, max_length, max_prompt_length, special_ids, spells)
+        how.update(h)
+        if row is None: continue
+        row.update(boundary_merge=bool(merged), prompt_text=p_text)
+        _flag_row(rep, row, msgs, merged, conv, conv and not (JC[j].startswith(P[j]) and JR[j].startswith(P[j])), spells, tokenizer)
+        if conv: ends.update(_turn_end(msgs[s], row[f'{s}_text']) for s in ('chosen', 'rejected') if not row[f'{s}_truncated'])
         for k in out: out[k].append(row[k])
     # 3. report
     rep.n_kept = len(out['pair_id'])
     pad = pad_id(tokenizer)
-    if getattr(tokenizer, 'pad_token_id', None) is None:
-        msg = f"tokenizer has no pad token: padding with EOS (id {pad}); padding is masked, so this is safe"
-        rep.notes.append(msg); _log.info(msg)
-    if conv: rep.notes.extend(_chat_notes(ends, specials))
-    else: rep.notes.append(f"responses end with one EOS (id {eos}): appended to {how['appended']}, already there in "
-                           f"{how['rendered']}" + (f", already there with the whitespace after it removed in {how['trimmed']}"
-                                                   if how['trimmed'] else ''))
-    if lead: rep.notes.append(f"prompts start with the tokenizer's {tokenizer.convert_ids_to_tokens(lead)}")
+    _tokenize_notes(rep, tokenizer, conv, pad, eos, how, ends, specials, lead)
     lens = {k: [len(x) for x in out[f'{k}_ids']] for k in ('prompt', 'chosen', 'rejected')}
     rep.stats.update(max_length=max_length, max_prompt_length=max_prompt_length, pad_token_id=pad, eos_token_id=eos,
                      **{f'{k}_tokens_mean': float(np.mean(v)) if v else 0.0 for k, v in lens.items()},
