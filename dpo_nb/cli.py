@@ -167,6 +167,19 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     return out
 
 # %% ../nbs/09_cli.ipynb #ddcd4dc9
+def _names(s: str) -> str | list:
+    "One name, or a comma-separated list of them."
+    names = [x.strip() for x in s.split(",")]
+    if not all(names): raise argparse.ArgumentTypeError(f"expected a name or names separated by commas, got {s!r}")
+    return names[0] if len(names) == 1 else names
+
+
+def _numbers(s: str) -> list:
+    "A comma-separated list of numbers."
+    try: return [float(x) for x in s.split(",")]
+    except ValueError: raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {s!r}") from None
+
+
 def _json_object(s: str) -> dict:
     "A JSON object given on the command line."
     try: v = json.loads(s)
@@ -212,6 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers' choice)")
     t.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
     t.add_argument("--config", help="JSON file of DPOConfig settings")
+    t.add_argument("--loss-type", dest="loss_type", type=_names, default=None, metavar="TYPE[,TYPE...]",
+                   help="DPOConfig.loss_type: one loss type, or a mix such as sigmoid,bco_pair,sft")
+    t.add_argument("--loss-weights", dest="loss_weights", type=_numbers, default=None, metavar="W[,W...]",
+                   help="DPOConfig.loss_weights: one weight per loss type of a mix, e.g. 0.8,0.2,1")
     t.add_argument("--chat-template-kwargs", dest="chat_template_kwargs", type=_json_object, default=None, metavar="JSON",
                    help='chat template variables, e.g. \'{"enable_thinking": false}\' (DPOConfig.chat_template_kwargs)')
     t.add_argument("--out", default="dpo_nb_run", help="folder for model/, checkpoint/, history/, report.html")

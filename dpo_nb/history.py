@@ -502,7 +502,7 @@ def save(self: History,
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
 def _is_num(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 _META_TYPES = {  # key: (test, what it must be): the meta entries dpo_nb reads back (None: absent, always allowed)
-    "beta": (_is_num, "a number"), "loss_type": (lambda v: isinstance(v, str), "a string"),
+    "beta": (_is_num, "a number"), "loss_type": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)), "a string or a list of them"),
     "config": (lambda v: isinstance(v, dict), "an object of DPOConfig settings"),
     "data": (lambda v: isinstance(v, dict) and all(r is None or isinstance(r, dict) for r in v.values()),
              "an object of data reports (objects or null)"),

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['LOSS_TYPES', 'LENGTH_NORMALISED', 'dpo_loss', 'gradient_weight']
+__all__ = ['F_DIVERGENCES', 'LOSS_TYPES', 'LENGTH_NORMALISED', 'NEEDS_TOKENS', 'REFERENCE_FREE', 'BATCH_LEVEL', 'dpo_loss',
+           'gradient_weight']
 
 # %% ../nbs/02_loss.ipynb #cc5f71d9
-_LOSS_FNS = {}  # loss_type -> function(hw, hl, beta, eps) -> per-pair losses
+_LOSS_FNS = {}  # loss_type -> function(hw, hl, beta, eps, **pair) -> per-pair losses (pair: log-probs, token counts, options)
 
 def _register(name):
     "Add a loss function to the table `dpo_loss` dispatches on."
@@ -22,7 +23,7 @@ def _register(name):
     return deco
 
 @_register("sigmoid")
-def _sigmoid_loss(hw, hl, beta, eps):
+def _sigmoid_loss(hw, hl, beta, eps, **_):
     "DPO, Rafailov et al. 2023; cDPO when `eps` > 0 (Mitchell 2023)."
     m = beta * (hw - hl)                                  # margin r_w - r_l
     if eps == 0: return -F.logsigmoid(m)                  # -log σ(m)
@@ -30,26 +31,26 @@ def _sigmoid_loss(hw, hl, beta, eps):
 
 # %% ../nbs/02_loss.ipynb #1539010e
 @_register("hinge")
-def _hinge_loss(hw, hl, beta, eps):
+def _hinge_loss(hw, hl, beta, eps, **_):
     "SLiC hinge, Zhao et al. 2023: max(0, 1 - m)."
     return torch.relu(1 - beta * (hw - hl))
 
 # %% ../nbs/02_loss.ipynb #fa493898
 @_register("ipo")
-def _ipo_loss(hw, hl, beta, eps):
+def _ipo_loss(hw, hl, beta, eps, **_):
     "IPO, Azar et al. 2023: (hw - hl - 1/(2β))², on length-averaged log-ratios."
     return (hw - hl - 1 / (2 * beta)) ** 2
 
 # %% ../nbs/02_loss.ipynb #31c22516
 @_register("robust")
-def _robust_loss(hw, hl, beta, eps):
+def _robust_loss(hw, hl, beta, eps, **_):
     "rDPO, Chowdhury et al. 2024: ((1-ε) ℓ(m) - ε ℓ(-m)) / (1-2ε), ℓ(m) = -log σ(m)."
     m = beta * (hw - hl)
     return (-(1 - eps) * F.logsigmoid(m) + eps * F.logsigmoid(-m)) / (1 - 2 * eps)
 
 # %% ../nbs/02_loss.ipynb #7aa6db0f
 @_register("exo_pair")
-def _exo_pair_loss(hw, hl, beta, eps):
+def _exo_pair_loss(hw, hl, beta, eps, **_):
     "EXO (pairwise), Ji et al. 2024: KL(softmax(r_w, r_l) || (1-ε, ε))."
     m = beta * (hw - hl)
     qw, ql = torch.sigmoid(m), torch.sigmoid(-m)              # model's two-way choice
@@ -58,63 +59,132 @@ def _exo_pair_loss(hw, hl, beta, eps):
 
 # %% ../nbs/02_loss.ipynb #c0be49ee
 @_register("nca_pair")
-def _nca_pair_loss(hw, hl, beta, eps):
+def _nca_pair_loss(hw, hl, beta, eps, **_):
     "NCA (pairwise), Chen et al. 2024: -log σ(r_w) - ½ log σ(-r_w) - ½ log σ(-r_l)."
     rw, rl = beta * hw, beta * hl
     return -F.logsigmoid(rw) - 0.5 * F.logsigmoid(-rw) - 0.5 * F.logsigmoid(-rl)
 
 # %% ../nbs/02_loss.ipynb #693812e3
 @_register("bco_pair")
-def _bco_pair_loss(hw, hl, beta, eps):
+def _bco_pair_loss(hw, hl, beta, eps, **_):
     "BCO (pairwise, δ = 0), Jung et al. 2024: -log σ(r_w) - log σ(-r_l)."
     return -F.logsigmoid(beta * hw) - F.logsigmoid(-beta * hl)
 
 # %% ../nbs/02_loss.ipynb #abec2281
 @_register("sppo_hard")
-def _sppo_hard_loss(hw, hl, beta, eps):
+def _sppo_hard_loss(hw, hl, beta, eps, **_):
     "SPPO with hard labels, Wu et al. 2024: (hw - 1/(2β))² + (hl + 1/(2β))²."
     return (hw - 0.5 / beta) ** 2 + (hl + 0.5 / beta) ** 2
 
 # %% ../nbs/02_loss.ipynb #8ba86131
 @_register("apo_zero")
-def _apo_zero_loss(hw, hl, beta, eps):
+def _apo_zero_loss(hw, hl, beta, eps, **_):
     "APO-zero, D'Oosterlinck et al. 2024: (1 - σ(r_w)) + σ(r_l)."
     return torch.sigmoid(-beta * hw) + torch.sigmoid(beta * hl)
 
 @_register("apo_down")
-def _apo_down_loss(hw, hl, beta, eps):
+def _apo_down_loss(hw, hl, beta, eps, **_):
     "APO-down, D'Oosterlinck et al. 2024: σ(r_w) + (1 - σ(r_w - r_l))."
     return torch.sigmoid(beta * hw) + torch.sigmoid(-beta * (hw - hl))
 
 # %% ../nbs/02_loss.ipynb #e414cb2a
 @_register("sigmoid_norm")
-def _sigmoid_norm_loss(hw, hl, beta, eps):
+def _sigmoid_norm_loss(hw, hl, beta, eps, **_):
     "Length-normalised DPO (Tülu 3): -log σ(β (hw/|yw| - hl/|yl|)), on length-averaged log-ratios."
     return -F.logsigmoid(beta * (hw - hl))
+
+# %% ../nbs/02_loss.ipynb #c6418281
+@_register("discopop")
+def _discopop_loss(hw, hl, beta, eps, discopop_tau=0.05, **_):
+    "DiscoPOP, Lu et al. 2024: (1 - σ(m/τ)) ℓ(m) + σ(m/τ) e^(-m), ℓ(m) = -log σ(m)."
+    m = beta * (hw - hl)
+    # σ(m/τ) e^(-m) as exp(-m + log σ(m/τ)): for a very wrong pair e^(-m) overflows while σ(m/τ) is 0 (TRL gets inf·0 = NaN)
+    return -F.logsigmoid(m) * torch.sigmoid(-m / discopop_tau) + torch.exp(-m + F.logsigmoid(m / discopop_tau))
+
+# %% ../nbs/02_loss.ipynb #6f6108e3
+def _smoothed(m, eps):
+    "cDPO's loss: -(1-ε) log σ(m) - ε log σ(-m)."
+    return -F.logsigmoid(m) * (1 - eps) - F.logsigmoid(-m) * eps
+
+@_register("aot")
+def _aot_loss(hw, hl, beta, eps, pc=None, pr=None, rc=None, rr=None, **_):
+    "AOT (paired), Melnyk et al. 2024: sorted policy margins against sorted reference margins."
+    return _smoothed(beta * (torch.sort(pc - pr).values - torch.sort(rc - rr).values), eps)
+
+@_register("aot_unpaired")
+def _aot_unpaired_loss(hw, hl, beta, eps, **_):
+    "AOT (unpaired), Melnyk et al. 2024: sorted chosen log-ratios against sorted rejected ones."
+    return _smoothed(beta * (torch.sort(hw).values - torch.sort(hl).values), eps)
+
+# %% ../nbs/02_loss.ipynb #9d4c29ae
+@_register("sft")
+def _sft_loss(hw, hl, beta, eps, pc=None, nw=None, **_):
+    "RPO's NLL term: -Σ log π(y_w) / Σ |y_w| over the batch, as each pair's share."
+    return -pc * (pc.numel() / nw.sum())
+
+# %% ../nbs/02_loss.ipynb #2784eab4
+@_register("simpo")
+def _simpo_loss(hw, hl, beta, eps, pc=None, pr=None, nw=None, nl=None, simpo_gamma=0.5, **_):
+    "SimPO, Meng et al. 2024: -log σ(β log π(y_w)/|y_w| - β log π(y_l)/|y_l| - γ); no reference."
+    return -F.logsigmoid(beta * (pc / nw - pr / nl) - simpo_gamma)
+
+# %% ../nbs/02_loss.ipynb #7dc1799e
+def _log_odds(avg_logp):
+    "log(P / (1 - P)) for P = exp(avg_logp)."
+    return avg_logp - torch.log(-torch.expm1(avg_logp))
+
+@_register("orpo")
+def _orpo_loss(hw, hl, beta, eps, pc=None, pr=None, nw=None, nl=None, **_):
+    "ORPO, Hong et al. 2024: the NLL term plus λ·(-log σ(log odds(y_w) - log odds(y_l))), λ = beta; no reference."
+    return _sft_loss(hw, hl, beta, eps, pc=pc, nw=nw) - beta * F.logsigmoid(_log_odds(pc / nw) - _log_odds(pr / nl))
+
+# %% ../nbs/02_loss.ipynb #abf09ee1
+@_register("dpop")
+def _dpop_loss(hw, hl, beta, eps, dpop_lambda=50.0, **_):
+    "DPOP, Pal et al. 2024: -log σ(β (h_w - h_l - λ max(0, -h_w)))."
+    return -F.logsigmoid(beta * (hw - hl - dpop_lambda * torch.relu(-hw)))
+
+# %% ../nbs/02_loss.ipynb #35bf67e8
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+_ON_SCORES = ("sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop", "sigmoid_norm")  # take f'(t) in place of h
+
+def _f_score(h, kind="reverse_kl", alpha=1.0):
+    "f'(π_θ/π_ref) of the divergence `kind`, from the log-ratio h."
+    if kind == "reverse_kl" or (kind == "alpha_divergence" and abs(alpha - 1) < 1e-6): return h
+    if kind == "forward_kl": return 1 - torch.exp(-h)
+    if kind == "js_divergence": return math.log(2) + F.logsigmoid(h)
+    return (torch.exp(torch.clamp((alpha - 1) * h, max=80.0)) - 1) / (alpha - 1)
 
 # %% ../nbs/02_loss.ipynb #e6794ce1
 LOSS_TYPES = tuple(_LOSS_FNS)  # every loss_type `dpo_loss` accepts
 LENGTH_NORMALISED = ("ipo", "sigmoid_norm")  # loss types that divide each log-ratio by its token count
+NEEDS_TOKENS = (*LENGTH_NORMALISED, "sft", "simpo", "orpo")  # loss types that need the responses' token counts
+REFERENCE_FREE = ("sft", "simpo", "orpo")  # loss types that do not look at the reference's log-probs
+BATCH_LEVEL = ("aot", "aot_unpaired", "sft", "orpo")  # a pair's loss depends on the rest of its batch (sorting, token means)
 
 # label_smoothing ε allowed per loss type: (low, high, low_inclusive, reason)
 _EPS_RANGE = {
     "sigmoid": (0.0, 0.5, True, "cDPO's ε is a label-flip rate; at 0.5 or above the labels carry no signal"),
     "robust": (0.0, 0.5, True, "rDPO divides by 1 - 2ε, and ε is a label-flip rate below one half"),
     "exo_pair": (0.0, 1.0, False, "EXO takes log(ε) and log(1 - ε); the paper recommends ε = 1e-3"),
+    "aot": (0.0, 0.5, True, "AOT's ε is cDPO's label-flip rate"),
+    "aot_unpaired": (0.0, 0.5, True, "AOT's ε is cDPO's label-flip rate"),
 }
 
 def _check_label_smoothing(loss_type, eps):
-    "Raise a ValueError when `eps` is outside the range `loss_type` accepts."
-    if loss_type not in _EPS_RANGE:
+    "Raise a ValueError when `eps` is outside the range `loss_type` (one, or a list mixed) accepts."
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    users = [t for t in types if t in _EPS_RANGE]
+    if not users:
         if eps != 0:
             raise ValueError(f"label_smoothing={eps} is not used by loss_type={loss_type!r}; pass 0.0. "
                              f"Only {sorted(_EPS_RANGE)} use it.")
         return
-    lo, hi, lo_incl, why = _EPS_RANGE[loss_type]
-    ok = (lo <= eps if lo_incl else lo < eps) and eps < hi
-    if not ok:
-        rng = f"{'[' if lo_incl else '('}{lo}, {hi})"
-        raise ValueError(f"label_smoothing={eps} is outside {rng} for loss_type={loss_type!r}: {why}.")
+    for t in users:
+        lo, hi, lo_incl, why = _EPS_RANGE[t]
+        if not ((lo <= eps if lo_incl else lo < eps) and eps < hi):
+            rng = f"{'[' if lo_incl else '('}{lo}, {hi})"
+            raise ValueError(f"label_smoothing={eps} is outside {rng} for loss_type={t!r}: {why}.")
 
 # %% ../nbs/02_loss.ipynb #7542fe42
 _LOGP_NAMES = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
@@ -137,10 +207,21 @@ def _check_logps(tensors):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(f"{name}[{i}] is {t[i].item()}: log-probs must be finite (pair index {i})")
 
+def _check_options(types, f_div, alpha, tau, gamma, lam):
+    "Refuse a divergence a loss type does not take, and options out of range."
+    if f_div not in F_DIVERGENCES: raise ValueError(f"f_divergence_type={f_div!r}: choose one of {F_DIVERGENCES}")
+    if f_div != "reverse_kl" and not set(types) <= {*_ON_SCORES, "sft"}:
+        raise ValueError(f"f_divergence_type={f_div!r} replaces the log-ratio of {sorted(_ON_SCORES)} (and leaves sft as it is); "
+                         f"{sorted(set(types) - {*_ON_SCORES, 'sft'})} do not take it")
+    for name, v, ok in (("f_alpha_divergence_coef", alpha, True), ("discopop_tau", tau, tau > 0), ("simpo_gamma", gamma, True),
+                        ("dpop_lambda", lam, lam >= 0)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and ok): raise ValueError(f"{name}={v!r}: must be a finite number"
+                                                                                          + (" > 0" if name == "discopop_tau" else " >= 0" if name == "dpop_lambda" else ""))
+
 def _token_counts(counts, name, like, loss_type):
     "Token counts as a tensor like `like`; raise if missing, misshapen or not positive."
     if counts is None:
-        raise ValueError(f"loss_type={loss_type!r} averages each log-ratio over its response's tokens: "
+        raise ValueError(f"loss_type={loss_type!r} needs each response's token count (it averages over them): "
                          f"pass {name} (response token counts, shape [B]).")
     c = torch.as_tensor(counts, device=like.device).to(like.dtype)
     if c.shape != like.shape:
@@ -152,35 +233,58 @@ def _token_counts(counts, name, like, loss_type):
     return c
 
 # %% ../nbs/02_loss.ipynb #0efb15d6
+def _loss_types(loss_type, loss_weights):
+    "The loss types as a list, with one weight each (1.0 by default, as TRL), checked."
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    if not types: raise ValueError("loss_type: give at least one loss type")
+    for t in types:
+        if t not in _LOSS_FNS: raise ValueError(f"unknown loss_type {t!r}; valid loss types: {', '.join(LOSS_TYPES)}")
+    if len(set(types)) < len(types): raise ValueError(f"loss_type {types} names a loss type twice; give it one weight instead")
+    weights = [1.0] * len(types) if loss_weights is None else [float(w) for w in loss_weights]
+    if len(weights) != len(types):
+        raise ValueError(f"loss_weights {list(loss_weights)} must have one weight per loss type {types}")
+    if not all(math.isfinite(w) for w in weights): raise ValueError(f"loss_weights must be finite, got {weights}")
+    return types, weights
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,   # [B] log π_θ(y_w|x), summed over the chosen response's tokens
     policy_rejected_logps: torch.Tensor, # [B] log π_θ(y_l|x), summed over the rejected response's tokens
     ref_chosen_logps: torch.Tensor,      # [B] log π_ref(y_w|x)
     ref_rejected_logps: torch.Tensor,    # [B] log π_ref(y_l|x)
-    beta: float = 0.1,                   # β: strength of the pull towards the reference (> 0)
-    loss_type: str = "sigmoid",          # one of `LOSS_TYPES`
-    label_smoothing: float = 0.0,        # ε: label-flip rate for sigmoid (cDPO) and robust, EXO's ε for exo_pair
-    chosen_tokens=None,                  # [B] chosen response token counts; needed by ipo and sigmoid_norm
-    rejected_tokens=None,                # [B] rejected response token counts; needed by ipo and sigmoid_norm
+    beta: float = 0.1,                   # β: strength of the pull towards the reference (> 0); ORPO's λ
+    loss_type: str | list = "sigmoid",   # one of `LOSS_TYPES`, or a list of them to mix
+    label_smoothing: float = 0.0,        # ε: label-flip rate for sigmoid (cDPO), robust and aot, EXO's ε for exo_pair
+    chosen_tokens=None,                  # [B] chosen response token counts; needed by the `NEEDS_TOKENS` types
+    rejected_tokens=None,                # [B] rejected response token counts
+    loss_weights: list | None = None,    # one weight per loss type of a mix (None: 1.0 each, as TRL)
+    f_divergence_type: str = "reverse_kl",  # one of `F_DIVERGENCES`
+    f_alpha_divergence_coef: float = 1.0,   # α of the alpha divergence
+    discopop_tau: float = 0.05,          # DiscoPOP's τ
+    simpo_gamma: float = 0.5,            # SimPO's target margin γ
+    dpop_lambda: float = 50.0,           # DPOP's λ
 ) -> tuple:                              # (losses, chosen_rewards, rejected_rewards), each [B]
-    "Per-pair DPO-family loss and the implicit rewards β·(log π_θ − log π_ref) of both responses."
-    if loss_type not in _LOSS_FNS:
-        raise ValueError(f"unknown loss_type {loss_type!r}; valid loss types: {', '.join(LOSS_TYPES)}")
+    "Per-pair DPO-family loss (a weighted mix, if several types) and the implicit rewards β·(log π_θ − log π_ref)."
+    types, weights = _loss_types(loss_type, loss_weights)
     beta = float(beta)
     if not (math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a positive finite number, got {beta}")
     eps = float(label_smoothing)
-    _check_label_smoothing(loss_type, eps)
-    _check_logps((policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
-
-    hw = policy_chosen_logps - ref_chosen_logps          # h(y_w) = log π_θ(y_w|x) - log π_ref(y_w|x)
-    hl = policy_rejected_logps - ref_rejected_logps      # h(y_l)
-    if loss_type in LENGTH_NORMALISED:
-        nw = _token_counts(chosen_tokens, "chosen_tokens", hw, loss_type)
-        nl = _token_counts(rejected_tokens, "rejected_tokens", hw, loss_type)
-        losses = _LOSS_FNS[loss_type](hw / nw, hl / nl, beta, eps)
-    else:
-        losses = _LOSS_FNS[loss_type](hw, hl, beta, eps)
+    name = types if len(types) > 1 else types[0]  # (as given, for the messages)
+    _check_label_smoothing(name, eps)
+    _check_options(types, f_divergence_type, f_alpha_divergence_coef, discopop_tau, simpo_gamma, dpop_lambda)
+    pc, pr, rc, rr = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    _check_logps((pc, pr, rc, rr))
+    hw, hl = pc - rc, pr - rr                            # h(y) = log π_θ(y|x) - log π_ref(y|x)
+    sw, sl = (_f_score(h, f_divergence_type, f_alpha_divergence_coef) for h in (hw, hl))
+    tokens = any(t in NEEDS_TOKENS for t in types)
+    nw = _token_counts(chosen_tokens, "chosen_tokens", hw, name) if tokens else None
+    nl = _token_counts(rejected_tokens, "rejected_tokens", hw, name) if tokens else None
+    pair = dict(pc=pc, pr=pr, rc=rc, rr=rr, nw=nw, nl=nl, discopop_tau=discopop_tau, simpo_gamma=simpo_gamma, dpop_lambda=dpop_lambda)
+    losses = 0
+    for t, w in zip(types, weights):
+        a, b = (sw, sl) if t in _ON_SCORES else (hw, hl)
+        if t in LENGTH_NORMALISED: a, b = a / nw, b / nl
+        losses = losses + w * _LOSS_FNS[t](a, b, beta, eps, **pair)
     return losses, beta * hw.detach(), beta * hl.detach()
 
 # %% ../nbs/02_loss.ipynb #1635acd7

@@ -21,24 +21,30 @@ import dpo_nb
 from .data import DataWarning, PairCollator, PreferenceDataError, _fmt_ids, _template_kwargs, data_report, tokenize_pairs
 from .history import CheckpointError, History, _why
 from .logps import model_device, response_logps, sequence_logps, token_kl
-from .loss import LOSS_TYPES, _check_label_smoothing, dpo_loss, gradient_weight
+from .loss import LOSS_TYPES, _check_label_smoothing, _check_options, _loss_types, dpo_loss, gradient_weight
 from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
                            load_adapter_state, pick_dtype, place, prepare_master_weights, process_device, reference_adapter,
                            router_aux_coef)
 
 # %% auto #0
-__all__ = ['DPOConfig', 'ConfigError', 'check_config', 'pick_device', 'seed_everything', 'epoch_order', 'epoch_batches',
-           'batch_rows', 'NonFiniteError', 'Callback', 'model_fingerprint', 'data_fingerprint', 'default_cache_dir',
-           'ref_cache_path', 'process_state', 'DPOTrainer', 'train_step', 'evaluate', 'probe', 'estimate_kl',
-           'sample_responses', 'fit', 'save', 'load']
+__all__ = ['DPOConfig', 'ConfigError', 'loss_settings', 'check_config', 'pick_device', 'seed_everything', 'epoch_order',
+           'epoch_batches', 'batch_rows', 'NonFiniteError', 'Callback', 'model_fingerprint', 'data_fingerprint',
+           'default_cache_dir', 'ref_cache_path', 'process_state', 'DPOTrainer', 'train_step', 'evaluate', 'probe',
+           'estimate_kl', 'sample_responses', 'fit', 'save', 'load']
 
 # %% ../nbs/03_train.ipynb #a98a9a7d
 @dataclass
 class DPOConfig:
     "Every setting of a DPO run."
     beta: float = 0.1  # inverse temperature of the implicit reward r = beta * log(pi / pi_ref)
-    loss_type: str = "sigmoid"  # one of `LOSS_TYPES` (see 02_loss)
-    label_smoothing: float = 0.0  # assumed share of flipped labels (conservative DPO, robust DPO)
+    loss_type: str | list = "sigmoid"  # one of `LOSS_TYPES` (see 02_loss), or a list of them to mix
+    label_smoothing: float = 0.0  # assumed share of flipped labels (conservative DPO, robust DPO, AOT)
+    loss_weights: list | None = None  # one weight per loss type of a mix (None: 1 each, as TRL)
+    f_divergence_type: str = "reverse_kl"  # the divergence the log-ratio comes from: reverse_kl (DPO), forward_kl, js_divergence, alpha_divergence
+    f_alpha_divergence_coef: float = 1.0  # α of the alpha divergence
+    discopop_tau: float = 0.05  # DiscoPOP's temperature τ
+    simpo_gamma: float = 0.5  # SimPO's target margin γ
+    dpop_lambda: float = 50.0  # DPOP's penalty λ on a chosen log-prob below the reference's
     learning_rate: float = 1e-6  # peak learning rate of AdamW
     weight_decay: float = 0.0  # AdamW weight decay
     lr_schedule: str = "linear"  # "linear", "cosine" or "constant" decay after warmup
@@ -97,7 +103,7 @@ class ConfigError(ValueError):
     "A DPOConfig setting of the wrong type or out of its range; the message names the field."
 
 
-_CHOICES = dict(loss_type=LOSS_TYPES, lr_schedule=("linear", "cosine", "constant"), on_nonfinite=("raise", "skip"),
+_CHOICES = dict(lr_schedule=("linear", "cosine", "constant"), on_nonfinite=("raise", "skip"),
                 mixed_precision=(None, "bf16", "fp16", "no"), master_weights=("fp32", "as_loaded"))
 _pos, _nonneg = (lambda v: v > 0 and math.isfinite(v), "a positive finite number"), (lambda v: v >= 0, ">= 0")
 _RANGES = dict(  # field: (test, what the value must be)
@@ -120,7 +126,8 @@ def _type_ok(value, annotation: str) -> bool:
     if value is None: return "None" in kinds
     if isinstance(value, bool): return "bool" in kinds
     return (("float" in kinds and isinstance(value, numbers.Real)) or ("int" in kinds and isinstance(value, numbers.Integral))
-            or ("str" in kinds and isinstance(value, str)) or ("dict" in kinds and isinstance(value, dict)))
+            or ("str" in kinds and isinstance(value, str)) or ("dict" in kinds and isinstance(value, dict))
+            or ("list" in kinds and isinstance(value, list)))
 
 
 def _check_device(device):
@@ -130,6 +137,29 @@ def _check_device(device):
     except (RuntimeError, ValueError, TypeError):
         raise ConfigError(f"DPOConfig.device={device!r}: not a torch device; use e.g. 'cpu', "
                           "'cuda', 'cuda:1', 'mps', or None (cuda, then mps, then cpu)") from None
+
+
+def _check_loss(cfg):
+    "The loss settings as `dpo_loss` checks them: types, weights, label smoothing, divergence and options."
+    lt, w = cfg.loss_type, cfg.loss_weights
+    if isinstance(lt, list) and not all(isinstance(t, str) for t in lt): raise ConfigError(f"DPOConfig.loss_type={lt!r}: a list of loss type names")
+    if w is not None and not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in w):
+        raise ConfigError(f"DPOConfig.loss_weights={w!r}: a list of numbers, one per loss type")
+    if w is not None and isinstance(lt, str): raise ConfigError(f"DPOConfig.loss_weights={w!r}: weights are for a list of loss types; loss_type is {lt!r}")
+    try: _loss_types(lt, w)
+    except ValueError as e: raise ConfigError(f"DPOConfig.loss_type: {e}") from None
+    try: _check_label_smoothing(lt, cfg.label_smoothing)
+    except ValueError as e: raise ConfigError(f"DPOConfig.label_smoothing: {e}") from None
+    try: _check_options(lt if isinstance(lt, list) else [lt], cfg.f_divergence_type, cfg.f_alpha_divergence_coef, cfg.discopop_tau,
+                        cfg.simpo_gamma, cfg.dpop_lambda)
+    except ValueError as e: raise ConfigError(f"DPOConfig: {e}") from None
+
+
+def loss_settings(cfg) -> dict:
+    "The `dpo_loss` keyword arguments a config sets: everything but the log-probs and token counts."
+    return dict(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, loss_weights=cfg.loss_weights,
+                f_divergence_type=cfg.f_divergence_type, f_alpha_divergence_coef=cfg.f_alpha_divergence_coef,
+                discopop_tau=cfg.discopop_tau, simpo_gamma=cfg.simpo_gamma, dpop_lambda=cfg.dpop_lambda)
 
 
 def check_config(cfg):
@@ -151,8 +181,7 @@ def check_config(cfg):
     if cfg.max_length and cfg.max_prompt_length and cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError(f"DPOConfig.max_prompt_length={cfg.max_prompt_length} leaves no room for a response within "
                           f"max_length={cfg.max_length}")
-    try: _check_label_smoothing(cfg.loss_type, cfg.label_smoothing)
-    except ValueError as e: raise ConfigError(f"DPOConfig.label_smoothing: {e}") from None
+    _check_loss(cfg)
 
 # %% ../nbs/03_train.ipynb #91180cdf
 def pick_device(device: str | None = None) -> torch.device:
@@ -634,8 +663,7 @@ def train_step(self) -> dict:
         ref_c, ref_r = (r.to(pol["chosen_logps"].device) for r in self._ref_for_batch(rows, batch))  # (a dispatched model's head may sit elsewhere)
         finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
         if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
-        losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, beta=cfg.beta,
-                                   loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+        losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, **loss_settings(cfg),
                                    chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"])
         loss = losses.mean()
         if self.aux_coef: loss = loss + self.aux_coef * pol["aux_loss"].float()  # MoE: + c * load-balancing loss (TRL's rule)
@@ -701,7 +729,7 @@ for f in (_ref_for_batch, train_step, _nonfinite): setattr(DPOTrainer, f.__name_
 # %% ../nbs/03_train.ipynb #2312e769
 def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens, rejected_tokens):
     losses, r_c, r_r = dpo_loss(torch.as_tensor(chosen_logps), torch.as_tensor(rejected_logps), torch.as_tensor(ref_c),
-                               torch.as_tensor(ref_r), beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                               torch.as_tensor(ref_r), **loss_settings(cfg),
                                chosen_tokens=torch.as_tensor(chosen_tokens), rejected_tokens=torch.as_tensor(rejected_tokens))
     return losses.numpy(), r_c.numpy(), r_r.numpy()
 

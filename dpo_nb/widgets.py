@@ -25,7 +25,7 @@ from .plots import (TEMPLATE, QUADRANTS, NO_PROBE_TOKENS, empty_figure, default_
 __all__ = ['MODES', 'FLAG_COLUMNS', 'RANKINGS', 'frontend', 'widget_mode', 'plotlyjs_url', 'figure_html', 'figure_bundle',
            'figure_widget', 'sync_figure', 'WidgetApp', 'Run', 'as_run', 'token_records', 'tokens_html',
            'TrainingDashboard', 'fill_pair_trajectory', 'plot_pair_trajectory', 'rank_pairs', 'search_pairs',
-           'PairInspector', 'MarginExplorer', 'replay_losses', 'plot_replay', 'WhatIf']
+           'PairInspector', 'MarginExplorer', 'replay_losses', 'plot_replay', 'loss_name', 'loss_options', 'WhatIf']
 
 # %% ../nbs/06_widgets.ipynb #74aee372
 MODES = ("widget", "portable", "static")
@@ -1216,23 +1216,24 @@ def replay_losses(pairs: pd.DataFrame,        # rows with pair_id and the four l
                   beta: float,                # β to score them under
                   loss_type: str = "sigmoid", # one of `LOSS_TYPES`
                   label_smoothing: float = 0.0, # ε
-                  token_counts: pd.DataFrame | None = None # pair_id, chosen_tokens, rejected_tokens (for ipo, sigmoid_norm)
+                  token_counts: pd.DataFrame | None = None, # pair_id, chosen_tokens, rejected_tokens (for the NEEDS_TOKENS types)
+                  **options                   # the other `dpo_loss` settings: loss_weights, f_divergence_type, discopop_tau, ...
                  ) -> pd.DataFrame:
     "Per-pair loss, rewards, margin and gradient weights under another beta / loss type, from cached log-probs"
     import torch
-    from dpo_nb.loss import dpo_loss, LENGTH_NORMALISED
+    from dpo_nb.loss import dpo_loss, NEEDS_TOKENS
     p = pairs.dropna(subset=list(_LOGP_COLS))
     kw = {}
-    if loss_type in LENGTH_NORMALISED:
+    if any(t in NEEDS_TOKENS for t in ([loss_type] if isinstance(loss_type, str) else loss_type)):
         if token_counts is None:
-            raise ValueError(f"loss_type={loss_type!r} divides each log-ratio by its response's token count: it needs the "
+            raise ValueError(f"loss_type={loss_type!r} needs each response's token count: it needs the "
                              "tokenized pairs (attach a trainer, or pass data=)")
         p = p.drop(columns=[c for c in ("chosen_tokens", "rejected_tokens") if c in p.columns]).merge(token_counts, on="pair_id", how="inner")
         kw = {k: torch.tensor(p[k].to_numpy(float), dtype=torch.float64) for k in ("chosen_tokens", "rejected_tokens")}
     t = {c: torch.tensor(p[c].to_numpy(float), dtype=torch.float64) for c in _LOGP_COLS}
     pc, pr = t["chosen_logps"].clone().requires_grad_(True), t["rejected_logps"].clone().requires_grad_(True)
     losses, rc, rr = dpo_loss(pc, pr, t["ref_chosen_logps"], t["ref_rejected_logps"], beta=beta, loss_type=loss_type,
-                              label_smoothing=label_smoothing, **kw)
+                              label_smoothing=label_smoothing, **kw, **options)
     if len(p): losses.sum().backward()
     grad = lambda x: x.grad.numpy() if x.grad is not None else np.zeros(len(p))
     hw = (t["chosen_logps"] - t["ref_chosen_logps"]).numpy(); hl = (t["rejected_logps"] - t["ref_rejected_logps"]).numpy()
@@ -1274,7 +1275,22 @@ def plot_replay(df: pd.DataFrame,   # `replay_losses` output, with the run's own
     return fig.update_layout(template=TEMPLATE)
 
 # %% ../nbs/06_widgets.ipynb #1a64f8c3
-_SMOOTHING_MIN = {"sigmoid": 0.0, "robust": 0.0, "exo_pair": 0.01}  # loss types that take label smoothing (02_loss), and its least value here
+def loss_name(loss_type) -> str:
+    "A loss type, or a mix of them, as one label: 'sigmoid', 'sigmoid+sft'"
+    return loss_type if isinstance(loss_type, str) else "+".join(loss_type)
+
+_OPTIONS = ("loss_weights", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau", "simpo_gamma", "dpop_lambda")
+
+def loss_options(cfg: dict, loss_type) -> dict:
+    "The run's other `dpo_loss` settings that apply to `loss_type`: a mix keeps its weights, a single type drops them"
+    out = {k: cfg[k] for k in _OPTIONS if cfg.get(k) is not None}
+    if isinstance(loss_type, str): out.pop("loss_weights", None)
+    if out.get("f_divergence_type", "reverse_kl") != "reverse_kl":
+        from dpo_nb.loss import _ON_SCORES
+        if not set([loss_type] if isinstance(loss_type, str) else loss_type) <= {*_ON_SCORES, "sft"}: out.pop("f_divergence_type")
+    return out
+
+_SMOOTHING_MIN = {"sigmoid": 0.0, "robust": 0.0, "exo_pair": 0.01, "aot": 0.0, "aot_unpaired": 0.0}  # loss types that take label smoothing (02_loss), and its least value here
 _SCORE_ROWS = (("log π(chosen)", "chosen_logps", ".3f"), ("log π_ref(chosen)", "ref_chosen_logps", ".3f"),
                ("log π(rejected)", "rejected_logps", ".3f"), ("log π_ref(rejected)", "ref_rejected_logps", ".3f"),
                ("r_chosen", "chosen_reward", "+.4f"), ("r_rejected", "rejected_reward", "+.4f"), ("margin", "margin", "+.4f"),
@@ -1311,7 +1327,9 @@ class WhatIf(WidgetApp):
         lt = loss_type or cfg["loss_type"]
         self.beta_w = W.FloatLogSlider(value=beta if beta is not None else cfg["beta"], base=10, min=-3, max=1, step=0.01,
                                        description="β", continuous_update=False, readout_format=".3g")
-        self.loss_w = W.Dropdown(options=list(LOSS_TYPES), value=lt, description="loss type", layout=W.Layout(width="250px"))
+        mixes = [] if isinstance(lt, str) else [(loss_name(lt), tuple(lt))]  # a run's mix of loss types is one more choice
+        self.loss_w = W.Dropdown(options=mixes + list(LOSS_TYPES), value=lt if isinstance(lt, str) else tuple(lt),
+                                 description="loss type", layout=W.Layout(width="250px"))
         self.eps_w = W.FloatSlider(value=label_smoothing if label_smoothing is not None else cfg["label_smoothing"], min=0.0, max=0.49,
                                    step=0.01, description="label smoothing", continuous_update=False, disabled=lt not in _SMOOTHING_MIN,
                                    style={"description_width": "initial"})
@@ -1347,7 +1365,11 @@ class WhatIf(WidgetApp):
     def texts(self) -> tuple: return (self.prompt_w.value, self.chosen_w.value, self.rejected_w.value)
 
     @property
-    def settings(self) -> dict: return dict(beta=float(self.beta_w.value), loss_type=self.loss_w.value, label_smoothing=float(self.eps_w.value))
+    def settings(self) -> dict:
+        "The replay's settings: the run's loss options, with the β, loss type and ε chosen here"
+        lt = self.loss_w.value
+        return {**loss_options(self.run.config, lt), "beta": float(self.beta_w.value), "loss_type": list(lt) if isinstance(lt, tuple) else lt,
+                "label_smoothing": float(self.eps_w.value)}
 
     def _step_options(self, split):
         p = self.run.history.pairs
@@ -1465,7 +1487,7 @@ class WhatIf(WidgetApp):
             return f"<tr><td>{name}</td><td>{a}</td><td>{_fnum(orig[c], f)}</td><td>{_fnum(d, '+' + f.lstrip('+'))}</td></tr>"
         s = res["settings"]
         head = "".join(f"<th>{c}</th>" for c in [""] + cols)
-        note = [f"{s['loss_type']}, β = {s['beta']:.3g}" + (f", label smoothing {s['label_smoothing']:g}" if s["label_smoothing"] else "")
+        note = [f"{loss_name(s['loss_type'])}, β = {s['beta']:.3g}" + (f", label smoothing {s['label_smoothing']:g}" if s["label_smoothing"] else "")
                 + f" · policy at step {self.run.step} · reference: {res['ref_source']}"]
         if res["ref_source"] == "none":
             note.append("no reference model: the run kept only summed reference log-probs of its own pairs. Pass ref_model= "
@@ -1526,8 +1548,9 @@ class WhatIf(WidgetApp):
         p = h.pairs
         rows = h.latest(split) if step == -1 else p[(p["split"].to_numpy() == split) & (p["step"].to_numpy() == step)]
         counts, cfg, s = self.run.token_counts(split), self.run.config, self.settings
-        run_set = dict(beta=float(cfg["beta"]), loss_type=cfg["loss_type"], label_smoothing=float(cfg["label_smoothing"]))
-        lab = lambda d, who: f"{who}: {d['loss_type']}, β={d['beta']:.3g}" + (f", ε={d['label_smoothing']:g}" if d["label_smoothing"] else "")
+        run_set = dict(**loss_options(cfg, cfg["loss_type"]), beta=float(cfg["beta"]), loss_type=cfg["loss_type"],
+                       label_smoothing=float(cfg["label_smoothing"]))
+        lab = lambda d, who: f"{who}: {loss_name(d['loss_type'])}, β={d['beta']:.3g}" + (f", ε={d['label_smoothing']:g}" if d["label_smoothing"] else "")
         run_label, new_label = lab(run_set, "run"), lab(s, "replay")
         try: new = replay_losses(rows, token_counts=counts, **s)
         except ValueError as e:

@@ -116,10 +116,10 @@ USER_ERRORS = [  # (arguments, what the one line must say)
     (["train", "--model", "nobody/no-such-model", "--data", "{tmp}/missing.jsonl"], "no such file"),  # data before the model
     (["train", "--model", "{tmp}/no_model", "--data", "{data}"], "--model {tmp}/no_model: no such folder"),
     (["train", "--model", "{model}", "--data", "{data}", "--ref", "./no_ref"], "--ref ./no_ref: no such folder"),
-    (["train", "--model", "{model}", "--data", "{data}", "--loss-type", "sigmoidd"], "DPOConfig.loss_type='sigmoidd': choose one of"),
+    (["train", "--model", "{model}", "--data", "{data}", "--loss-type", "sigmoidd"], "DPOConfig.loss_type: unknown loss_type 'sigmoidd'"),
     (["train", "--model", "{model}", "--data", "{data}", "--max-grad-norm", "-1"], "DPOConfig.max_grad_norm=-1.0"),
     (["train", "--model", "{model}", "--data", "{tmp}/bad.jsonl"], "line 2: not valid JSON"),
-    (["demo", "--loss-type", "nope", "--out", "{tmp}/demo"], "DPOConfig.loss_type='nope'"),
+    (["demo", "--loss-type", "nope", "--out", "{tmp}/demo"], "DPOConfig.loss_type: unknown loss_type 'nope'"),
     (["report", "{tmp}/no_run"], "neither it nor {tmp}/no_run/history holds a saved History"),
 ]
 

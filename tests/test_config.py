@@ -37,7 +37,7 @@ BAD = [  # (settings, what the message must say)
     (dict(eval_every=-1), "DPOConfig.eval_every=-1: must be >= 0"),
     (dict(kl_prompts=0), "DPOConfig.kl_prompts=0"),
     (dict(router_aux_loss_coef=-0.01), "DPOConfig.router_aux_loss_coef=-0.01"),
-    (dict(loss_type="sigmoidd"), "DPOConfig.loss_type='sigmoidd': choose one of"),
+    (dict(loss_type="sigmoidd"), "DPOConfig.loss_type: unknown loss_type 'sigmoidd'; valid loss types: sigmoid"),
     (dict(mixed_precision="fp64"), "DPOConfig.mixed_precision='fp64': choose one of"),
     (dict(master_weights="bf16"), "DPOConfig.master_weights='bf16'"),
     (dict(lr_schedule="step"), "DPOConfig.lr_schedule='step'"),

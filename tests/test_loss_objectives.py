@@ -1,0 +1,126 @@
+"""The objectives beyond DPO's sigmoid, against TRL 1.16's own code on the same log-probs: f-divergences and mixtures of
+loss types (its DPOTrainer), SimPO (its CPO trainer) and ORPO (its ORPO trainer); DPOP against the Smaug paper's
+equation. The DPOTrainer harness is test_loss.py's: `_compute_loss` called unbound with stand-ins."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dpo_nb.loss import F_DIVERGENCES, LOSS_TYPES, dpo_loss
+from test_loss import PROMPT_LEN, DPOTrainer, _trl_stand_ins, make_pairs
+
+cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+orpo = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
+
+ON_SCORES = ("sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop", "sigmoid_norm")
+EPS = {"exo_pair": 1e-3, "robust": 0.1}
+
+
+def trl_mean(types, weights, beta, eps, pcs, f_div="reverse_kl", alpha=1.0):
+    "TRL DPOTrainer's batch loss for a list of loss types with weights and a divergence."
+    pc, pr, rc, rr, nc, nr = pcs
+    self, model, inputs, _ = _trl_stand_ins(types[0], beta, eps, pc, pr, nc, nr)
+    self.loss_types, self.loss_weights, self.f_divergence_type, self.f_alpha_divergence_coef = types, weights, f_div, alpha
+    inputs.update(ref_chosen_logps=rc, ref_rejected_logps=rr)
+    return DPOTrainer._compute_loss(self, model, inputs, return_outputs=False).detach()
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.5])
+@pytest.mark.parametrize("f_div", F_DIVERGENCES[1:])
+@pytest.mark.parametrize("loss_type", ON_SCORES)
+def test_f_divergences_equal_trls(loss_type, f_div, alpha):
+    for beta, scale in ((0.1, 1.0), (0.5, 5.0), (2.0, 0.3)):  # (the exponential scores overflow for big log-ratios, in TRL too)
+        # float32: TRL's alpha divergence knows the clamp for float16, bfloat16 and float32 only
+        pcs = make_pairs(6, scale, dtype=torch.float32, seed=hash((loss_type, f_div, beta)) % 2**31)
+        eps = EPS.get(loss_type, 0.0)
+        ours = dpo_loss(*pcs[:4], beta, loss_type, eps, chosen_tokens=pcs[4], rejected_tokens=pcs[5], f_divergence_type=f_div,
+                        f_alpha_divergence_coef=alpha)[0]
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours.mean(), trl_mean([loss_type], [1.0], beta, eps, pcs, f_div, alpha), rtol=1e-6, atol=1e-6)
+        for i in range(6):  # per pair
+            one = tuple(t[i:i + 1] for t in pcs)
+            torch.testing.assert_close(ours[i], trl_mean([loss_type], [1.0], beta, eps, one, f_div, alpha), rtol=1e-6, atol=1e-6)
+
+
+def test_a_divergence_is_refused_for_the_losses_it_does_not_apply_to():
+    pcs = make_pairs(3, 1.0)
+    for lt in sorted(set(LOSS_TYPES) - {*ON_SCORES, "sft"}):
+        with pytest.raises(ValueError, match=f"do not take it"):
+            dpo_loss(*pcs[:4], 0.1, lt, chosen_tokens=pcs[4], rejected_tokens=pcs[5], f_divergence_type="forward_kl")
+    with pytest.raises(ValueError, match="choose one of"):
+        dpo_loss(*pcs[:4], 0.1, "sigmoid", f_divergence_type="kl")
+
+
+MIXES = [(["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]),  # MPO
+         (["sigmoid", "sft"], None),                        # RPO, TRL's default weights (1 each)
+         (["ipo", "aot", "discopop"], [1.0, 0.5, 2.0]),
+         (["hinge", "apo_zero", "nca_pair", "sppo_hard"], [0.1, 0.2, 0.3, 0.4])]
+
+
+@pytest.mark.parametrize("types,weights", MIXES)
+def test_mixtures_equal_trls_and_the_weighted_sum(types, weights):
+    for beta, scale in ((0.1, 30.0), (0.5, 1.0)):
+        pcs = make_pairs(8, scale, seed=len(types))
+        ours = dpo_loss(*pcs[:4], beta, types, loss_weights=weights, chosen_tokens=pcs[4], rejected_tokens=pcs[5])[0]
+        torch.testing.assert_close(ours.mean(), trl_mean(types, weights or [1.0] * len(types), beta, 0.0, pcs), rtol=0, atol=1e-6)
+        parts = [dpo_loss(*pcs[:4], beta, t, chosen_tokens=pcs[4], rejected_tokens=pcs[5])[0] for t in types]
+        torch.testing.assert_close(ours, sum(w * p for w, p in zip(weights or [1.0] * len(types), parts)), rtol=0, atol=1e-12)
+
+
+def test_bad_mixtures_are_refused():
+    pcs = make_pairs(3, 1.0)
+    for kw, msg in ((dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0]), "one weight per loss type"),
+                    (dict(loss_type=["sigmoid", "sigmoid"]), "names a loss type twice"),
+                    (dict(loss_type=[]), "at least one"),
+                    (dict(loss_type=["sigmoid", "dpo"]), "unknown loss_type 'dpo'"),
+                    (dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, float("nan")]), "finite"),
+                    (dict(loss_type=["hinge", "sft"], label_smoothing=0.1), "not used by loss_type")):
+        with pytest.raises(ValueError, match=msg):
+            dpo_loss(*pcs[:4], 0.1, chosen_tokens=pcs[4], rejected_tokens=pcs[5], **kw)
+    # cDPO mixed with the NLL term: ε is the sigmoid's
+    ok = dpo_loss(*pcs[:4], 0.1, ["sigmoid", "sft"], 0.1, chosen_tokens=pcs[4], rejected_tokens=pcs[5])[0]
+    assert torch.isfinite(ok).all()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.4])
+@pytest.mark.parametrize("beta", [0.1, 2.0, 10.0])
+def test_simpo_equals_trls_cpo_trainer(beta, gamma):
+    pc, pr, rc, rr, nc, nr = make_pairs(6, 30.0, seed=11)
+    ours = dpo_loss(pc, pr, rc, rr, beta, "simpo", chosen_tokens=nc, rejected_tokens=nr, simpo_gamma=gamma)[0]
+    me = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=gamma, beta=beta, label_smoothing=0.0,
+                         accelerator=SimpleNamespace(device=torch.device("cpu")))
+    theirs = cpo.CPOTrainer.cpo_loss(me, pc / nc, pr / nr)[0]  # SimPO takes average log-probs
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)
+    # reference-free: the reference's log-probs change nothing
+    torch.testing.assert_close(ours, dpo_loss(pc, pr, rc * 3, rr - 5, beta, "simpo", chosen_tokens=nc, rejected_tokens=nr,
+                                              simpo_gamma=gamma)[0])
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 1.0])
+def test_orpo_equals_trls_orpo_trainer(beta):
+    pc, pr, rc, rr, nc, nr = make_pairs(6, 30.0, seed=12)
+    ours = dpo_loss(pc, pr, rc, rr, beta, "orpo", chosen_tokens=nc, rejected_tokens=nr)[0]
+    me = SimpleNamespace(beta=beta, accelerator=SimpleNamespace(device=torch.device("cpu")))
+    ratio_term = orpo.ORPOTrainer.odds_ratio_loss(me, pc / nc, pr / nr)[0]   # β log σ(log odds), on average log-probs
+    nll = -pc.sum() / nc.sum()                                              # its NLL: cross-entropy over the chosen tokens
+    # (1e-6, not 1e-12: TRL's log1p(-exp(x)) cancels digits where P is near 1; ours is log(-expm1(x)))
+    torch.testing.assert_close(ours.mean(), nll - ratio_term.mean(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.0, 5.0, 50.0])
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_dpop_is_smaugs_equation(beta, lam):
+    pc, pr, rc, rr, _, _ = make_pairs(8, 30.0, seed=13)
+    ours = dpo_loss(pc, pr, rc, rr, beta, "dpop", dpop_lambda=lam)[0]
+    # Pal et al. 2024, Eq. 3: -log σ(β (log πθ(yw)/πref(yw) - log πθ(yl)/πref(yl) - λ max(0, log πref(yw)/πθ(yw))))
+    expected = -F.logsigmoid(beta * ((pc - rc) - (pr - rr) - lam * torch.clamp(rc - pc, min=0)))
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+    if lam == 0: torch.testing.assert_close(ours, dpo_loss(pc, pr, rc, rr, beta, "sigmoid")[0])
+    # the penalty's gradient: a pair whose chosen log-ratio is below 0 pulls its chosen log-prob up harder than DPO does
+    pc_ = pc.clone().requires_grad_()
+    dpo_loss(pc_, pr, rc, rr, beta, "dpop", dpop_lambda=lam)[0].sum().backward()
+    pc2 = pc.clone().requires_grad_()
+    dpo_loss(pc2, pr, rc, rr, beta, "sigmoid")[0].sum().backward()
+    below = pc < rc
+    assert below.any() and ((pc_.grad[below] <= pc2.grad[below]) if lam else (pc_.grad[below] == pc2.grad[below])).all()
