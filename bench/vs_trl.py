@@ -139,9 +139,14 @@ def _status() -> dict:
     return out
 
 
+def loss_settings(args) -> dict:
+    "The loss settings a run compares (`args.loss`: loss_type, loss_weights, f_divergence_type, ...; the same names in both)."
+    return dict(getattr(args, "loss", None) or {})
+
+
 def run_dpo_nb(pristine, tok, data, order, args, dev, probe):
     from dpo_nb.train import DPOConfig, DPOTrainer
-    cfg = DPOConfig(beta=BETA, learning_rate=LR, lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
+    cfg = DPOConfig(**{"beta": BETA, **loss_settings(args)}, learning_rate=LR, lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
                     batch_size=args.batch_size, max_steps=1 + args.steps, max_grad_norm=1.0, seed=SEED, device=str(dev),
                     mixed_precision="no", progress=False, max_length=None, max_prompt_length=None,  # the data's limits (none)
                     ref_cache=False)  # score the reference afresh every run, so the agreement check sees computed numbers
@@ -180,7 +185,7 @@ def trl_config(best: bool, args, dev, out_dir):
     from trl import DPOConfig
     same = dict(output_dir=out_dir, per_device_train_batch_size=args.batch_size, max_steps=1 + args.steps,
                 learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-                beta=BETA, loss_type="sigmoid", seed=SEED, bf16=False, fp16=False, use_cpu=dev.type == "cpu",
+                **{"beta": BETA, "loss_type": "sigmoid", **loss_settings(args)}, seed=SEED, bf16=False, fp16=False, use_cpu=dev.type == "cpu",
                 report_to="none", save_strategy="no", disable_tqdm=True,
                 train_sampling_strategy="sequential")  # our batch order: the dataset is given in dpo_nb's order
     if best:
