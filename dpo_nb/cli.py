@@ -123,12 +123,26 @@ def _read_config(config) -> dict:
     return settings
 
 
+def _read_trl_config(path) -> dict:
+    "The fields of a TRL DPOConfig written as YAML or JSON (`--trl-config`), or a `ConfigError` naming the file."
+    text = Path(path).read_text()
+    try:
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml  # (a dependency of transformers)
+            settings = yaml.safe_load(text)
+        else: settings = json.loads(text)
+    except Exception as e: raise ConfigError(f"--trl-config {path}: not valid {'YAML' if str(path).endswith(('.yaml', '.yml')) else 'JSON'} ({e})") from None
+    if not isinstance(settings, dict): raise ConfigError(f"--trl-config {path}: expected a mapping of TRL DPOConfig fields")
+    return settings
+
+
 def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str | None = "train", eval_data: str | None = None,
               eval_split: str | None = None, eval_fraction: float = 0.05, lora: bool = False, lora_r: int = 16,
-              config: str | Path | None = None, ref: str | None = None, dtype: str = "auto", load_in_4bit: bool = False,
+              config: str | Path | None = None, trl_config: str | Path | None = None, ref: str | None = None, dtype: str = "auto", load_in_4bit: bool = False,
               attn_implementation: str | None = None, trust_remote_code: bool = False, **overrides) -> Path:
     "Train DPO on a real model and dataset; save the model, a checkpoint, the history and the report in `out`."
-    settings = _read_config(config) if config else {}
+    settings = {**(asdict(DPOConfig.from_trl(_read_trl_config(trl_config))) if trl_config else {}),  # TRL's, then ours, then flags
+                **(_read_config(config) if config else {})}
     if not (isinstance(eval_fraction, (int, float)) and not isinstance(eval_fraction, bool) and 0 <= eval_fraction < 1):
         raise ConfigError(f"--eval-fraction {eval_fraction}: must be a number with 0 <= f < 1 (0: no held-out pairs)")
     if isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r < 1: raise ConfigError(f"--lora-r {lora_r}: must be an integer >= 1")
@@ -225,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers' choice)")
     t.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
     t.add_argument("--config", help="JSON file of DPOConfig settings")
+    t.add_argument("--trl-config", help="YAML or JSON file of TRL DPOConfig fields, mapped by DPOConfig.from_trl (--config and flags win)")
     t.add_argument("--loss-type", dest="loss_type", type=_names, default=None, metavar="TYPE[,TYPE...]",
                    help="DPOConfig.loss_type: one loss type, or a mix such as sigmoid,bco_pair,sft")
     t.add_argument("--loss-weights", dest="loss_weights", type=_numbers, default=None, metavar="W[,W...]",
@@ -266,7 +281,7 @@ def _run(args) -> int:
         overrides = {k: v for k, v in vars(args).items() if k in cfg_names}
         out = run_train(args.model, args.data, out=args.out, split=args.split, eval_data=args.eval_data,
                         eval_split=args.eval_split, eval_fraction=args.eval_fraction, lora=args.lora, lora_r=args.lora_r,
-                        config=args.config, ref=args.ref, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
+                        config=args.config, trl_config=args.trl_config, ref=args.ref, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
                         attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code, **overrides)
         if int(os.environ.get("RANK", "0")) == 0: print(f"model: {out / 'model'}\nreport: {out / 'report.html'}")
     elif args.command == "report":

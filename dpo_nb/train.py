@@ -183,6 +183,95 @@ def check_config(cfg):
                           f"max_length={cfg.max_length}")
     _check_loss(cfg)
 
+# %% ../nbs/03_train.ipynb #29be0b53
+# TRL DPOConfig field -> (DPOConfig field, value converter)
+_TRL_SAME = ("beta", "loss_weights", "label_smoothing", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau",
+             "learning_rate", "weight_decay", "seed", "disable_dropout", "router_aux_loss_coef", "gradient_checkpointing")
+_TRL_MAP = {
+    **{k: (k, None) for k in _TRL_SAME},
+    "loss_type": ("loss_type", lambda v: v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else list(v) if isinstance(v, (list, tuple)) else v),
+    "per_device_train_batch_size": ("batch_size", None),
+    "gradient_accumulation_steps": ("grad_accum_steps", None),
+    "max_steps": ("max_steps", lambda v: None if v is None or v <= 0 else v),
+    "num_train_epochs": ("epochs", float),
+    "max_length": ("max_length", None),
+    "max_grad_norm": ("max_grad_norm", lambda v: None if not v else float(v)),
+    "precompute_ref_log_probs": ("precompute_ref", None),
+    "precompute_ref_batch_size": ("ref_batch_size", None),
+    "activation_checkpointing": ("gradient_checkpointing", None),
+    "disable_tqdm": ("progress", lambda v: not v),
+    "use_cpu": ("device", lambda v: "cpu" if v else None),
+}
+# TRL fields that are bookkeeping, not training: named in a warning when set
+_TRL_BOOKKEEPING = ("output_dir", "logging_", "log_", "report_to", "run_name", "project", "trackio_", "save_", "push_to_hub", "hub_",
+                    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+                    "dataloader_multiprocessing_context", "remove_unused_columns", "label_names", "length_column_name", "do_train",
+                    "do_eval", "do_predict", "local_rank", "resume_from_checkpoint", "skip_memory_metrics", "debug", "dataset_num_proc",
+                    "per_device_eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches", "eval_use_gather_object",
+                    "include_", "prediction_loss_only", "batch_eval_metrics", "eval_on_start", "eval_delay", "ddp_", "accelerator_config",
+                    "torch_empty_cache_steps", "ignore_data_skip", "restore_callback_states_from_checkpoint", "enable_jit_checkpoint",
+                    "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "model_init_kwargs", "trust_remote_code",
+                    "pad_token", "use_cache", "tf32")
+
+# %% ../nbs/03_train.ipynb #adf3e16d
+def _trl_defaults() -> dict:
+    "TRL DPOConfig's field defaults, read from the dataclass (making one would check for a GPU)."
+    import dataclasses, trl
+    return {f.name: f.default if f.default is not dataclasses.MISSING else
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None for f in dataclasses.fields(trl.DPOConfig)}
+
+def _plain(v):
+    "An enum's value, a one-item list of loss types as its item: TRL's post-init forms, compared as written."
+    v = getattr(v, "value", v)
+    return v[0] if isinstance(v, (list, tuple)) and len(v) == 1 and isinstance(v[0], str) else v
+
+def _trl_special(given: dict, out: dict, defaults: dict) -> set:
+    "Map TRL's precision, schedule, warmup, eval and truncation settings into `out`; the names handled."
+    bf16, fp16 = given.get("bf16"), given.get("fp16")  # (TRL's bf16=None: on unless fp16, where the hardware has it: our auto)
+    out["mixed_precision"] = "bf16" if bf16 else "fp16" if fp16 else None if bf16 is None else "no"
+    sched = _plain(given.get("lr_scheduler_type", defaults["lr_scheduler_type"]))
+    if sched not in ("linear", "cosine", "constant", "constant_with_warmup"):
+        raise ConfigError(f"TRL lr_scheduler_type={sched!r} has no counterpart; lr_schedule is one of linear, cosine, constant")
+    out["lr_schedule"] = "constant" if sched.startswith("constant") else sched
+    warm = given.get("warmup_steps", defaults.get("warmup_steps") or 0) or 0
+    if sched == "constant" and warm: raise ConfigError("TRL lr_scheduler_type='constant' ignores warmup_steps; use constant_with_warmup")
+    if 0 < warm < 1: out["warmup_ratio"] = float(warm)
+    elif warm >= 1:
+        if out.get("max_steps") is None: raise ConfigError(f"TRL warmup_steps={warm} needs max_steps to become a warmup_ratio")
+        out["warmup_ratio"] = warm / out["max_steps"]
+    else: out["warmup_ratio"] = 0.0
+    strategy = _plain(given.get("eval_strategy", defaults["eval_strategy"]))
+    if strategy == "steps": out["eval_every"] = int(given.get("eval_steps") or given.get("logging_steps", defaults["logging_steps"]))
+    elif strategy == "no": out["eval_every"] = 0
+    else: raise ConfigError(f"TRL eval_strategy={strategy!r} has no counterpart; eval_every counts steps")
+    mode = given.get("truncation_mode", defaults["truncation_mode"])
+    if mode != "keep_start": raise ConfigError(f"TRL truncation_mode={mode!r} has no counterpart: responses are cut from the end")
+    out["max_prompt_length"] = None  # TRL cuts the whole sequence, never the prompt alone
+    return {"bf16", "fp16", "lr_scheduler_type", "warmup_steps", "eval_strategy", "eval_steps", "truncation_mode"}
+
+@patch(cls_method=True)
+def from_trl(cls: DPOConfig, trl_config) -> DPOConfig:
+    "A DPOConfig from a TRL DPOConfig (or a dict of its fields): each counterpart mapped, each other setting refused by name."
+    import dataclasses
+    defaults = _trl_defaults()
+    if isinstance(trl_config, dict): given, base = dict(trl_config), defaults
+    else:  # an instance holds its post-init forms (bf16 filled in, report_to a list, ...): compare with a default instance's
+        given = {f.name: getattr(trl_config, f.name) for f in dataclasses.fields(trl_config)}
+        ref = type(trl_config)(output_dir=trl_config.output_dir, use_cpu=True)
+        base = {f.name: getattr(ref, f.name) for f in dataclasses.fields(ref)}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown: raise ConfigError(f"not TRL DPOConfig settings: {unknown}")
+    full = {**defaults, **given}
+    out = {ours: (conv(full[k]) if conv else full[k]) for k, (ours, conv) in _TRL_MAP.items() if full[k] is not None or k == "max_length"}
+    if full["gradient_checkpointing"] is None and full.get("activation_checkpointing") is None: out.pop("gradient_checkpointing", None)
+    handled = set(_TRL_MAP) | _trl_special(given, out, defaults)
+    changed = [k for k in sorted(set(given) - handled) if _plain(given[k]) != _plain(base[k])]
+    books = [k for k in changed if any(k == b or (b.endswith("_") and k.startswith(b)) for b in _TRL_BOOKKEEPING)]
+    rest = [k for k in changed if k not in books]
+    if rest: raise ConfigError(f"TRL settings with no DPOConfig counterpart (set to other than TRL's default): {rest}")
+    if books: warnings.warn(f"TRL bookkeeping settings that do not change training, not used here: {books}", stacklevel=2)
+    return cls.from_dict(out)
+
 # %% ../nbs/03_train.ipynb #91180cdf
 def pick_device(device: str | None = None) -> torch.device:
     "The device to train on: the one asked for, else cuda, mps, cpu."
