@@ -592,7 +592,7 @@ def _chat_messages(msgs):
 _TOOL_ROLES = {'tool', 'function', 'ipython'}
 
 def _out_of_turn(msgs):
-    "Index of the first message out of the system? (user assistant (tool*))* order, else None."
+    "Index of the first message out of the order system* (user assistant (tool+ assistant)*)*, else None."
     prev = None
     for k, m in enumerate(msgs):
         r = m['role']
