@@ -150,14 +150,14 @@ def run_dpo_nb(pristine, tok, data, order, args, dev, probe):
                     batch_size=args.batch_size, max_steps=1 + args.steps, max_grad_norm=1.0, seed=SEED, device=str(dev),
                     mixed_precision="no", progress=False, max_length=None, max_prompt_length=None,  # the data's limits (none)
                     ref_cache=False)  # score the reference afresh every run, so the agreement check sees computed numbers
-    t = DPOTrainer(copy.deepcopy(pristine), tok, data, cfg)
+    t = DPOTrainer(copy.deepcopy(pristine), tok, data, cfg, ref_model=copy.deepcopy(pristine) if cfg.sync_ref_model else None)
     probe.start()
     losses, ends = [], []
     for _ in range(1 + args.steps):
         losses.append(t.train_step()["loss"])
         _sync(dev); ends.append(_now())
-    ref = t.ref_logps["train"][order]  # [n, 2], in the order TRL's dataset holds the rows
-    return dict(losses=losses, ref_logps=ref.tolist(), **_times(ends))
+    ref = t.ref_logps["train"][order].tolist() if "train" in t.ref_logps else None  # [n, 2], in TRL's row order (None: not precomputed)
+    return dict(losses=losses, ref_logps=ref, **_times(ends))
 
 
 def _trl_trainer_cls():

@@ -45,6 +45,9 @@ class DPOConfig:
     discopop_tau: float = 0.05  # DiscoPOP's temperature τ
     simpo_gamma: float = 0.5  # SimPO's target margin γ
     dpop_lambda: float = 50.0  # DPOP's penalty λ on a chosen log-prob below the reference's
+    sync_ref_model: bool = False  # TR-DPO: mix the policy into the reference model every `ref_model_sync_steps` steps
+    ref_model_mixup_alpha: float = 0.6  # TR-DPO's α: reference ← α·policy + (1 − α)·reference
+    ref_model_sync_steps: int = 512  # TR-DPO's τ: steps between those updates
     learning_rate: float = 1e-6  # peak learning rate of AdamW
     weight_decay: float = 0.0  # AdamW weight decay
     lr_schedule: str = "linear"  # "linear", "cosine" or "constant" decay after warmup
@@ -111,6 +114,7 @@ _RANGES = dict(  # field: (test, what the value must be)
     kl_every=_nonneg, probe_pairs=_nonneg,
     seed=(lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy seeds only take that range)"),
     warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"),
+    ref_model_mixup_alpha=(lambda v: 0 < v <= 1, "in (0, 1]"), ref_model_sync_steps=(lambda v: v >= 1, ">= 1"),
     max_steps=(lambda v: v is None or v >= 1, "None (the epochs decide) or >= 1"),
     max_grad_norm=(lambda v: v is None or (v > 0 and math.isfinite(v)),
                    "None (no clipping) or a positive number (a negative one would reverse every update)"),
@@ -182,11 +186,15 @@ def check_config(cfg):
         raise ConfigError(f"DPOConfig.max_prompt_length={cfg.max_prompt_length} leaves no room for a response within "
                           f"max_length={cfg.max_length}")
     _check_loss(cfg)
+    if cfg.sync_ref_model and cfg.precompute_ref:
+        raise ConfigError("DPOConfig.sync_ref_model=True with precompute_ref=True: TR-DPO changes the reference every "
+                          "ref_model_sync_steps steps, so its log-probs cannot be computed once; set precompute_ref=False")
 
 # %% ../nbs/03_train.ipynb #29be0b53
 # TRL DPOConfig field -> (DPOConfig field, value converter)
 _TRL_SAME = ("beta", "loss_weights", "label_smoothing", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau",
-             "learning_rate", "weight_decay", "seed", "disable_dropout", "router_aux_loss_coef", "gradient_checkpointing")
+             "learning_rate", "weight_decay", "seed", "disable_dropout", "router_aux_loss_coef", "gradient_checkpointing",
+             "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps")
 _TRL_MAP = {
     **{k: (k, None) for k in _TRL_SAME},
     "loss_type": ("loss_type", lambda v: v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else list(v) if isinstance(v, (list, tuple)) else v),
@@ -577,6 +585,9 @@ def _prepare_models(self: DPOTrainer, model, ref_model, ref_mode: str | None) ->
         self.ref_mode = ref_mode or ("adapters" if adapters_are_identity(self.model) else "adapter_copy")
         if self.ref_mode == "adapter_copy": add_reference_adapter(self.model)
     else: self.ref_mode = "precomputed"
+    if cfg.sync_ref_model and self.ref_mode != "model":
+        raise ConfigError(f"DPOConfig.sync_ref_model=True needs a reference model of its own to mix the policy into: pass "
+                          f"ref_model=... (e.g. a copy of the starting model); this run's reference is {self.ref_mode!r}")
     if cfg.kl_every and self.ref_mode == "precomputed":
         raise ConfigError(f"DPOConfig.kl_every={cfg.kl_every}: KL needs a reference model to compare with, and this run keeps "
                           "only the reference's log-probs. Pass ref_model=..., train peft adapters, or set kl_every=0")
@@ -794,6 +805,7 @@ def train_step(self) -> dict:
         if not overflow: self.scheduler.step()  # (an overflow step updates nothing: as in HF's Trainer, the schedule waits)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if cfg.sync_ref_model and self.step % cfg.ref_model_sync_steps == 0: self._sync_reference()
         metrics["tokens_per_s"] = int(p["n_tokens"].sum()) / (time.perf_counter() - t0)
         self.history.log_step(self.step, **metrics)
         if cfg.track_pairs:
@@ -814,6 +826,17 @@ def _nonfinite(self, what, batch, pair_ids=None, bad=None):
                          "on_nonfinite='skip' to skip such steps and count them)")
 
 for f in (_ref_for_batch, train_step, _nonfinite): setattr(DPOTrainer, f.__name__, f)
+
+# %% ../nbs/03_train.ipynb #b8738542
+@patch
+def _sync_reference(self: DPOTrainer):
+    "TR-DPO's update: reference ← α·policy + (1 − α)·reference, parameter by parameter; then forget the old reference's scores."
+    a = self.config.ref_model_mixup_alpha
+    with torch.no_grad():
+        for r, p in zip(self.ref_model.parameters(), self.model.parameters(), strict=True):
+            r.mul_(1 - a).add_(p.detach().to(r.dtype), alpha=a)
+    self.ref_logps.pop("eval", None)  # (held-out pairs' reference log-probs: scored once per reference)
+    self._probe_ref = None
 
 # %% ../nbs/03_train.ipynb #2312e769
 def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens, rejected_tokens):
@@ -1229,6 +1252,14 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
             if isinstance(e, torch.OutOfMemoryError) or (folder / "adapter_config.json").exists(): raise
             raise CheckpointError(f"{folder}: the saved model does not load ({_why(e)})") from e
     if model is None: model = saved(lambda: _load_policy(path / "model", state.get("load_info")), path / "model")
+    if ref_model is not None and cfg.sync_ref_model:  # TR-DPO: the reference moved; resume from where it was
+        from safetensors.torch import load_file
+        files = sorted((path / "ref_model").glob("*.safetensors"))
+        got = ref_model.load_state_dict({k: v for f in files for k, v in load_file(f).items()}, strict=False)
+        tied = set(getattr(ref_model, "_tied_weights_keys", None) or ())  # (saved once, under the weight they share)
+        if got.unexpected_keys or set(got.missing_keys) - tied:
+            raise CheckpointError(f"{path / 'ref_model'}: the saved reference does not fit the ref_model given "
+                                  f"(missing {sorted(set(got.missing_keys) - tied)[:3]}, unexpected {got.unexpected_keys[:3]})")
     if ref_model is None and state["ref_mode"] == "model":
         ref_model = saved(lambda: AutoModelForCausalLM.from_pretrained(path / "ref_model"), path / "ref_model")
     t = cls(model, tok, train, cfg, ref_model=ref_model, eval_data=ev, callbacks=callbacks,

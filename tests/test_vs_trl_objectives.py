@@ -19,6 +19,7 @@ OBJECTIVES = {  # name: the settings, as both DPOConfigs spell them
     "mpo": dict(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0]),
     "js": dict(loss_type="sigmoid", f_divergence_type="js_divergence"),
     "alpha": dict(loss_type="hinge", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.5),
+    "tr_dpo": dict(loss_type="sigmoid", sync_ref_model=True, ref_model_mixup_alpha=0.6, ref_model_sync_steps=2),
 }
 
 
@@ -33,7 +34,39 @@ def test_ten_steps_equal_trls(name):
                                             pad_token_id=0, bos_token_id=1, eos_token_id=2))
     dev = torch.device("cpu")
     ours = vs_trl.run_tool("dpo_nb", pristine, tok, pairs, data, order, args, dev)
-    trl = vs_trl.run_tool("TRL best", pristine, tok, pairs, data, order, args, dev)
+    # (TR-DPO moves the reference, so TRL runs with a reference model of its own rather than precomputed log-probs)
+    trl = vs_trl.run_tool("TRL default" if name == "tr_dpo" else "TRL best", pristine, tok, pairs, data, order, args, dev)
     assert len(ours["losses"]) == len(trl["losses"]) == 1 + args.steps
     assert max(abs(a - b) for a, b in zip(ours["losses"], trl["losses"])) < 1e-5, (ours["losses"], trl["losses"])
     assert ours["losses"][-1] != ours["losses"][0]  # it trained
+
+
+def test_tr_dpo_moves_the_reference_refuses_a_fixed_one_and_resumes_exactly(tmp_path):
+    from dpo_nb.train import ConfigError, DPOConfig, DPOTrainer
+    import copy, warnings
+    case = dict(vocab=256, prompt=16, response=12)
+    tok, pairs, data, order = vs_trl.setup(case, 4, 6)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    cfg = DPOConfig(batch_size=4, max_steps=6, learning_rate=1e-3, device="cpu", progress=False, sync_ref_model=True,
+                    ref_model_mixup_alpha=0.5, ref_model_sync_steps=2, max_length=None, max_prompt_length=None)
+    with pytest.raises(ConfigError, match="needs a reference model of its own"):
+        DPOTrainer(copy.deepcopy(base), tok, data, cfg)
+    with pytest.raises(ConfigError, match="precompute_ref=True"):
+        DPOConfig(sync_ref_model=True, precompute_ref=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = DPOTrainer(copy.deepcopy(base), tok, data, cfg, ref_model=copy.deepcopy(base))
+        ref0 = [p.clone() for p in t.ref_model.parameters()]
+        t.train_step()
+        assert all(torch.equal(a, b) for a, b in zip(ref0, t.ref_model.parameters()))   # step 1: not yet
+        t.train_step()                                                                  # step 2: ref <- 0.5 policy + 0.5 ref
+        for r0, r, p in zip(ref0, t.ref_model.parameters(), t.model.parameters()):
+            torch.testing.assert_close(r, 0.5 * p.detach() + 0.5 * r0)
+        t.train_step()
+        t.save(tmp_path / "ckpt")
+        rest = [t.train_step()["loss"] for _ in range(3)]
+        for ref in (None, copy.deepcopy(base)):  # resumed with the saved reference, or with a fresh copy given: the moved one is loaded
+            r = DPOTrainer.load(tmp_path / "ckpt", ref_model=ref)
+            assert [r.train_step()["loss"] for _ in range(3)] == rest
