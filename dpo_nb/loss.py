@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['F_DIVERGENCES', 'LOSS_TYPES', 'LENGTH_NORMALISED', 'NEEDS_TOKENS', 'REFERENCE_FREE', 'BATCH_LEVEL', 'dpo_loss',
-           'gradient_weight']
+__all__ = ['F_DIVERGENCES', 'LOSS_TYPES', 'LENGTH_NORMALISED', 'NEEDS_TOKENS', 'BATCH_LEVEL', 'dpo_loss', 'gradient_weight']
 
 # %% ../nbs/02_loss.ipynb #cc5f71d9
 _LOSS_FNS = {}  # loss_type -> function(hw, hl, beta, eps, **pair) -> per-pair losses (pair: log-probs, token counts, options)
@@ -159,7 +158,6 @@ def _f_score(h, kind="reverse_kl", alpha=1.0):
 LOSS_TYPES = tuple(_LOSS_FNS)  # every loss_type `dpo_loss` accepts
 LENGTH_NORMALISED = ("ipo", "sigmoid_norm")  # loss types that divide each log-ratio by its token count
 NEEDS_TOKENS = (*LENGTH_NORMALISED, "sft", "simpo", "orpo")  # loss types that need the responses' token counts
-REFERENCE_FREE = ("sft", "simpo", "orpo")  # loss types that do not look at the reference's log-probs
 BATCH_LEVEL = ("aot", "aot_unpaired", "sft", "orpo")  # a pair's loss depends on the rest of its batch (sorting, token means)
 
 # label_smoothing ε allowed per loss type: (low, high, low_inclusive, reason)
