@@ -24,8 +24,8 @@ from .data import PairCollator, load_preferences, tokenize_pairs
 __all__ = ['LOGITS_BUDGET', 'KEEP_LOGITS', 'response_positions', 'model_device', 'lm_head_logits', 'VocabTiledLogps',
            'chunked_target_logps', 'lean_path_ok', 'concat_pair_batch', 'sequence_logps', 'router_aux_loss',
            'concat_response_logps', 'chunked_target_logps_from_logits', 'pair_layout', 'shared_prefix_logps',
-           'prefix_sharing_tokens', 'prefix_sharing_pays', 'prefix_sharing_ok', 'response_logps', 'logits_memory',
-           'measure_peak_memory', 'score_pairs', 'token_kl']
+           'prefix_sharing_tokens', 'prefix_sharing_pays', 'prefix_sharing_ok', 'response_logps', 'ld_weighted',
+           'logits_memory', 'measure_peak_memory', 'score_pairs', 'token_kl']
 
 # %% ../nbs/01_logps.ipynb #ace49312
 def response_positions(input_ids: torch.Tensor,  # [rows, seq] token ids
@@ -445,8 +445,13 @@ def response_logps(model,  # any transformers causal LM (or a peft model around 
                    chunk_size: int = 1024,  # response tokens through the LM head at once
                    prefix_sharing: bool | None = None,  # None: when it pays; True: whenever possible; False: never
                    router_aux: bool = False,  # (MoE models) add the router's load-balancing loss as `aux_loss`
+                   ld_alpha: float | None = None,  # LD-DPO: weight of the tokens past the shorter response's length (below)
                    ) -> dict:
     "Summed and per-token log-probs of the chosen and rejected responses (the prompt run once where that pays)."
+    out = _response_logps(model, batch, chunk_size, prefix_sharing, router_aux)
+    return out if ld_alpha is None else ld_weighted(out, batch, ld_alpha)
+
+def _response_logps(model, batch, chunk_size, prefix_sharing, router_aux):
     if prefix_sharing is not False:
         layout = pair_layout(batch)
         if prefix_sharing or prefix_sharing_pays(batch, layout):
@@ -454,6 +459,18 @@ def response_logps(model,  # any transformers causal LM (or a peft model around 
             if why is None: return shared_prefix_logps(model, batch, chunk_size, layout)
             if prefix_sharing: warnings.warn(f"prefix_sharing=True, but {why}: using the concatenated forward")
     return concat_response_logps(model, batch, chunk_size, router_aux=router_aux)
+
+# %% ../nbs/01_logps.ipynb #465b5e2d
+def ld_weighted(out: dict, batch: dict, alpha: float) -> dict:
+    "`response_logps` output with LD-DPO's sums: each response's first min(|y_w|, |y_l|) tokens in full, the rest times `alpha`."
+    shared = torch.minimum(out["chosen_tokens"], out["rejected_tokens"]).to(out["chosen_token_logps"].device)
+    res = dict(out)
+    for side in ("chosen", "rejected"):
+        lp = out[f"{side}_token_logps"]
+        pos = batch[f"{side}_response_mask"].to(lp.device).cumsum(-1)  # 1, 2, ... along each response
+        w = torch.where(pos <= shared[:, None], 1.0, float(alpha)) * batch[f"{side}_response_mask"].to(lp.device)
+        res[f"{side}_logps"] = (lp * w).sum(-1)
+    return res
 
 # %% ../nbs/01_logps.ipynb #e2aec6bd
 def logits_memory(n_seqs: int, seq_len: int, vocab: int, response_share: float = 0.5, chunk_size: int = 1024,

@@ -45,6 +45,7 @@ class DPOConfig:
     discopop_tau: float = 0.05  # DiscoPOP's temperature τ
     simpo_gamma: float = 0.5  # SimPO's target margin γ
     dpop_lambda: float = 50.0  # DPOP's penalty λ on a chosen log-prob below the reference's
+    ld_alpha: float | None = None  # LD-DPO: weight of the tokens past the shorter response's length (None: DPO's sums; 01_logps)
     sync_ref_model: bool = False  # TR-DPO: mix the policy into the reference model every `ref_model_sync_steps` steps
     ref_model_mixup_alpha: float = 0.6  # TR-DPO's α: reference ← α·policy + (1 − α)·reference
     ref_model_sync_steps: int = 512  # TR-DPO's τ: steps between those updates
@@ -114,7 +115,7 @@ _RANGES = dict(  # field: (test, what the value must be)
     kl_every=_nonneg, probe_pairs=_nonneg,
     seed=(lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy seeds only take that range)"),
     warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"),
-    ref_model_mixup_alpha=(lambda v: 0 < v <= 1, "in (0, 1]"), ref_model_sync_steps=(lambda v: v >= 1, ">= 1"),
+    ref_model_mixup_alpha=(lambda v: 0 < v <= 1, "in (0, 1]"), ld_alpha=(lambda v: v is None or 0 <= v <= 1, "None or in [0, 1]"), ref_model_sync_steps=(lambda v: v >= 1, ">= 1"),
     max_steps=(lambda v: v is None or v >= 1, "None (the epochs decide) or >= 1"),
     max_grad_norm=(lambda v: v is None or (v > 0 and math.isfinite(v)),
                    "None (no clipping) or a positive number (a negative one would reverse every update)"),
@@ -194,7 +195,7 @@ def check_config(cfg):
 # TRL DPOConfig field -> (DPOConfig field, value converter)
 _TRL_SAME = ("beta", "loss_weights", "label_smoothing", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau",
              "learning_rate", "weight_decay", "seed", "disable_dropout", "router_aux_loss_coef", "gradient_checkpointing",
-             "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps")
+             "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "ld_alpha")
 _TRL_MAP = {
     **{k: (k, None) for k in _TRL_SAME},
     "loss_type": ("loss_type", lambda v: v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else list(v) if isinstance(v, (list, tuple)) else v),
@@ -632,7 +633,8 @@ def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None 
         for s in tqdm(starts, desc=desc, leave=False, disable=desc is None or not self.config.progress):
             batch = self.collate([data[i] for i in rows[s:s + bs]])
             with self._autocast():
-                r = response_logps(model, batch, self.config.chunk_size, self.config.prefix_sharing, router_aux=router_aux)
+                r = response_logps(model, batch, self.config.chunk_size, self.config.prefix_sharing, router_aux=router_aux,
+                                   ld_alpha=self.config.ld_alpha)
             for k in out: out[k].append(r[k].float().cpu())
             if router_aux: aux.append(float(r["aux_loss"]))
             if tokens: tok_out.append((batch, {k: r[k].float().cpu() for k in ("chosen_token_logps", "rejected_token_logps")}))
@@ -677,7 +679,8 @@ def _read_ref_cache(self, splits) -> dict:
     model_fp = model_fingerprint(scorer) if cfg.ref_cache else None  # hashed once, by one process
     for split, data in splits:
         if not cfg.ref_cache: out[split] = (None, None); continue
-        path = ref_cache_path(cfg.cache_dir or default_cache_dir(), model_fp, data_fingerprint(data), self.device, self.amp_dtype)
+        data_fp = data_fingerprint(data) + ("" if cfg.ld_alpha is None else f"-ld{cfg.ld_alpha!r}")  # (LD-DPO's sums are other sums)
+        path = ref_cache_path(cfg.cache_dir or default_cache_dir(), model_fp, data_fp, self.device, self.amp_dtype)
         cached = None
         if path.exists():
             try:
@@ -743,7 +746,7 @@ def _ref_for_batch(self, rows, batch):
         r = torch.as_tensor(self.ref_logps["train"][rows], device=self.device)
         return r[:, 0], r[:, 1]
     with torch.no_grad(), self._reference() as ref, self._autocast():
-        out = response_logps(ref, batch, self.config.chunk_size, self.config.prefix_sharing)
+        out = response_logps(ref, batch, self.config.chunk_size, self.config.prefix_sharing, ld_alpha=self.config.ld_alpha)
     return out["chosen_logps"].float(), out["rejected_logps"].float()
 
 
@@ -759,7 +762,7 @@ def train_step(self) -> dict:
             rows = rows[self.rank * per:(self.rank + 1) * per]
         batch = self.collate([self.train_data[i] for i in rows])
         with self._autocast():
-            pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0)
+            pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0, ld_alpha=cfg.ld_alpha)
         ref_c, ref_r = (r.to(pol["chosen_logps"].device) for r in self._ref_for_batch(rows, batch))  # (a dispatched model's head may sit elsewhere)
         finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
         if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())

@@ -19,6 +19,8 @@ OBJECTIVES = {  # name: the settings, as both DPOConfigs spell them
     "mpo": dict(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0]),
     "js": dict(loss_type="sigmoid", f_divergence_type="js_divergence"),
     "alpha": dict(loss_type="hinge", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.5),
+    "ld_dpo": dict(loss_type="sigmoid", ld_alpha=0.5),
+    "ld_dpo_ipo": dict(loss_type="ipo", ld_alpha=0.2),
     "tr_dpo": dict(loss_type="sigmoid", sync_ref_model=True, ref_model_mixup_alpha=0.6, ref_model_sync_steps=2),
 }
 
@@ -70,3 +72,26 @@ def test_tr_dpo_moves_the_reference_refuses_a_fixed_one_and_resumes_exactly(tmp_
         for ref in (None, copy.deepcopy(base)):  # resumed with the saved reference, or with a fresh copy given: the moved one is loaded
             r = DPOTrainer.load(tmp_path / "ckpt", ref_model=ref)
             assert [r.train_step()["loss"] for _ in range(3)] == rest
+
+
+def test_ld_dpo_sums_are_the_same_through_every_log_prob_path():
+    from dpo_nb.data import PairCollator
+    from dpo_nb.logps import response_logps
+    tok, pairs, data, order = vs_trl.setup(dict(vocab=256, prompt=16, response=12), 4, 1)
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, max_position_embeddings=128))
+    batch = PairCollator(tok)([data[i] for i in range(8)])
+    with torch.no_grad():
+        a, b = (response_logps(m, batch, prefix_sharing=ps, ld_alpha=0.3) for ps in (True, False))
+        plain = response_logps(m, batch, prefix_sharing=False)
+    for k in ("chosen_logps", "rejected_logps"):
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
+    # by hand: the first min(|y_w|, |y_l|) tokens in full, the rest times 0.3
+    n = torch.minimum(plain["chosen_tokens"], plain["rejected_tokens"])
+    for side in ("chosen", "rejected"):
+        lp = plain[f"{side}_token_logps"]
+        resp = batch[f"{side}_response_mask"].bool()
+        want = torch.stack([lp[i][resp[i]][:n[i]].sum() + 0.3 * lp[i][resp[i]][n[i]:].sum() for i in range(len(n))])
+        torch.testing.assert_close(b[f"{side}_logps"], want, rtol=1e-6, atol=1e-6)
+    assert (a["chosen_tokens"] != a["rejected_tokens"]).any()  # (some pairs have a tail to weight)
