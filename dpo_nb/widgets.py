@@ -1291,6 +1291,11 @@ def loss_options(cfg: dict, loss_type) -> dict:
     return out
 
 _SMOOTHING_MIN = {"sigmoid": 0.0, "robust": 0.0, "exo_pair": 0.01, "aot": 0.0, "aot_unpaired": 0.0}  # loss types that take label smoothing (02_loss), and its least value here
+
+def _smoothing_min(loss_type) -> float | None:
+    "The least label smoothing the loss type (or a mix of them) takes here; None if none of them uses it"
+    mins = [_SMOOTHING_MIN[t] for t in ([loss_type] if isinstance(loss_type, str) else loss_type) if t in _SMOOTHING_MIN]
+    return max(mins) if mins else None
 _SCORE_ROWS = (("log π(chosen)", "chosen_logps", ".3f"), ("log π_ref(chosen)", "ref_chosen_logps", ".3f"),
                ("log π(rejected)", "rejected_logps", ".3f"), ("log π_ref(rejected)", "ref_rejected_logps", ".3f"),
                ("r_chosen", "chosen_reward", "+.4f"), ("r_rejected", "rejected_reward", "+.4f"), ("margin", "margin", "+.4f"),
@@ -1328,10 +1333,10 @@ class WhatIf(WidgetApp):
         self.beta_w = W.FloatLogSlider(value=beta if beta is not None else cfg["beta"], base=10, min=-3, max=1, step=0.01,
                                        description="β", continuous_update=False, readout_format=".3g")
         mixes = [] if isinstance(lt, str) else [(loss_name(lt), tuple(lt))]  # a run's mix of loss types is one more choice
-        self.loss_w = W.Dropdown(options=mixes + list(LOSS_TYPES), value=lt if isinstance(lt, str) else tuple(lt),
+        self.loss_w = W.Dropdown(options=mixes + [(t, t) for t in LOSS_TYPES], value=lt if isinstance(lt, str) else tuple(lt),
                                  description="loss type", layout=W.Layout(width="250px"))
         self.eps_w = W.FloatSlider(value=label_smoothing if label_smoothing is not None else cfg["label_smoothing"], min=0.0, max=0.49,
-                                   step=0.01, description="label smoothing", continuous_update=False, disabled=lt not in _SMOOTHING_MIN,
+                                   step=0.01, description="label smoothing", continuous_update=False, disabled=_smoothing_min(lt) is None,
                                    style={"description_width": "initial"})
         self.step_w = W.Dropdown(options=self._step_options(split), value=-1, description="log-probs of", layout=W.Layout(width="330px"),
                                  style={"description_width": "initial"})
@@ -1528,9 +1533,9 @@ class WhatIf(WidgetApp):
         lt = change["new"]
         self._busy = True
         try:
-            if lt in _SMOOTHING_MIN:
+            if _smoothing_min(lt) is not None:
                 self.eps_w.disabled = False
-                self.eps_w.value = max(self.eps_w.value, _SMOOTHING_MIN[lt])
+                self.eps_w.value = max(self.eps_w.value, _smoothing_min(lt))
             else: self.eps_w.value, self.eps_w.disabled = 0.0, True
         finally: self._busy = False
         self._on_settings()

@@ -454,3 +454,19 @@ def test_notebook_is_light():
                 html = "".join(data["text/html"]) if isinstance(data["text/html"], list) else data["text/html"]
                 assert "cdn.plot.ly" in html or "dpo-" in html                 # a static copy for exporters and the docs
             assert "text/html" not in data or len(json.dumps(data)) < 200_000   # plotly.js (4.8 MB) never inlined
+
+
+def test_whatif_replays_a_run_that_mixed_loss_types():
+    h = synthetic_history(n_pairs=20, n_steps=4)
+    h.meta.update(loss_type=["sigmoid", "bco_pair"], config=dict(beta=0.1, loss_type=["sigmoid", "bco_pair"], loss_weights=[1.0, 0.5],
+                                                                 label_smoothing=0.0, f_divergence_type="reverse_kl"))
+    w = WhatIf(h, mode="static")
+    assert w.loss_w.value == ("sigmoid", "bco_pair") and w.settings["loss_weights"] == [1.0, 0.5]
+    w.replay()
+    rows = h.latest("train").dropna(subset=["ref_chosen_logps"])
+    mixed = replay_losses(rows, 0.1, ["sigmoid", "bco_pair"], loss_weights=[1.0, 0.5])
+    parts = [replay_losses(rows, 0.1, t) for t in ("sigmoid", "bco_pair")]
+    np.testing.assert_allclose(mixed["loss"], parts[0]["loss"] + 0.5 * parts[1]["loss"], rtol=1e-12)
+    w.loss_w.value = "bco_pair"  # one type: the mix's weights do not apply
+    assert "loss_weights" not in w.settings and w.eps_w.disabled
+    assert "sigmoid+bco_pair" in w.to_html()
