@@ -21,7 +21,7 @@ import dpo_nb
 from .data import DataWarning, PairCollator, PreferenceDataError, _fmt_ids, _template_kwargs, data_report, tokenize_pairs
 from .history import CheckpointError, History, _why
 from .logps import model_device, response_logps, sequence_logps, token_kl
-from .loss import LOSS_TYPES, _check_label_smoothing, _check_options, _loss_types, dpo_loss, gradient_weight
+from .loss import BATCH_LEVEL, LOSS_TYPES, _check_label_smoothing, _check_options, _loss_types, dpo_loss, gradient_weight
 from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
                            load_adapter_state, pick_dtype, place, prepare_master_weights, process_device, reference_adapter,
                            router_aux_coef)
@@ -158,6 +158,10 @@ def _check_loss(cfg):
     try: _check_options(lt if isinstance(lt, list) else [lt], cfg.f_divergence_type, cfg.f_alpha_divergence_coef, cfg.discopop_tau,
                         cfg.simpo_gamma, cfg.dpop_lambda)
     except ValueError as e: raise ConfigError(f"DPOConfig: {e}") from None
+    if cfg.ld_alpha is not None and set(lt if isinstance(lt, list) else [lt]) & {"sft", "simpo", "orpo"}:
+        raise ConfigError(f"DPOConfig.ld_alpha={cfg.ld_alpha} with loss_type={lt!r}: ld_alpha weights the log-probs every loss "
+                          "sees, while the NLL and average-log-prob terms (sft, simpo, orpo) are defined on the plain ones (TRL's sft "
+                          "too); not supported together")
 
 
 def loss_settings(cfg) -> dict:
@@ -274,6 +278,10 @@ def from_trl(cls: DPOConfig, trl_config) -> DPOConfig:
     out = {ours: (conv(full[k]) if conv else full[k]) for k, (ours, conv) in _TRL_MAP.items() if full[k] is not None or k == "max_length"}
     if full["gradient_checkpointing"] is None and full.get("activation_checkpointing") is None: out.pop("gradient_checkpointing", None)
     handled = set(_TRL_MAP) | _trl_special(given, out, defaults)
+    types = out["loss_type"] if isinstance(out["loss_type"], list) else [out["loss_type"]]
+    if "sigmoid" in types and out.get("label_smoothing"):
+        raise ConfigError(f"TRL label_smoothing={out['label_smoothing']} with loss_type sigmoid: TRL's sigmoid ignores it, "
+                          "dpo_nb's applies it (conservative DPO); set it to 0 for TRL's objective, or use DPOConfig directly for cDPO")
     changed = [k for k in sorted(set(given) - handled) if _plain(given[k]) != _plain(base[k])]
     books = [k for k in changed if any(k == b or (b.endswith("_") and k.startswith(b)) for b in _TRL_BOOKKEEPING)]
     rest = [k for k in changed if k not in books]
@@ -843,10 +851,14 @@ def _sync_reference(self: DPOTrainer):
 
 # %% ../nbs/03_train.ipynb #2312e769
 def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens, rejected_tokens):
-    losses, r_c, r_r = dpo_loss(torch.as_tensor(chosen_logps), torch.as_tensor(rejected_logps), torch.as_tensor(ref_c),
-                               torch.as_tensor(ref_r), **loss_settings(cfg),
-                               chosen_tokens=torch.as_tensor(chosen_tokens), rejected_tokens=torch.as_tensor(rejected_tokens))
-    return losses.numpy(), r_c.numpy(), r_r.numpy()
+    "Per-pair losses and rewards of scored pairs; a batch-level loss (AOT's sort, the NLL token mean) in batches of `batch_size`."
+    t = [torch.as_tensor(x) for x in (chosen_logps, rejected_logps, ref_c, ref_r, chosen_tokens, rejected_tokens)]
+    types = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type
+    step = cfg.batch_size if any(x in BATCH_LEVEL for x in types) else max(len(t[0]), 1)
+    parts = [dpo_loss(*(x[s:s + step] for x in t[:4]), **loss_settings(cfg), chosen_tokens=t[4][s:s + step],
+                      rejected_tokens=t[5][s:s + step]) for s in range(0, len(t[0]), step)] or [dpo_loss(*t[:4], **loss_settings(cfg),
+                      chosen_tokens=t[4], rejected_tokens=t[5])]
+    return tuple(torch.cat([p[k] for p in parts]).numpy() for k in range(3))
 
 
 def evaluate(self) -> dict:
@@ -1092,7 +1104,8 @@ def _load_policy(folder, how: dict | None):
 
 # %% ../nbs/03_train.ipynb #df12af1f
 _STATE = "trainer_state.pt"
-_RESUME_FIXED = ("batch_size", "grad_accum_steps", "seed", "group_by_length", "max_length", "max_prompt_length")
+_RESUME_FIXED = ("batch_size", "grad_accum_steps", "seed", "group_by_length", "max_length", "max_prompt_length",
+                 "ld_alpha")  # (ld_alpha: the saved reference log-probs are its sums)
 _STATE_KEYS = ("step", "nonfinite_skipped", "total_steps", "optimizer", "scheduler", "ref_mode", "ref_logps", "probe_ref", "rng")
 
 
@@ -1255,7 +1268,7 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
             if isinstance(e, torch.OutOfMemoryError) or (folder / "adapter_config.json").exists(): raise
             raise CheckpointError(f"{folder}: the saved model does not load ({_why(e)})") from e
     if model is None: model = saved(lambda: _load_policy(path / "model", state.get("load_info")), path / "model")
-    if ref_model is not None and cfg.sync_ref_model:  # TR-DPO: the reference moved; resume from where it was
+    if ref_model is not None and saved_cfg.get("sync_ref_model"):  # TR-DPO: the reference moved; resume from where it was
         from safetensors.torch import load_file
         files = sorted((path / "ref_model").glob("*.safetensors"))
         got = ref_model.load_state_dict({k: v for f in files for k, v in load_file(f).items()}, strict=False)

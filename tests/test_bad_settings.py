@@ -176,7 +176,7 @@ def ckpt(tok, tmp_path_factory):
 
 @pytest.mark.parametrize("field,given,saved", [("batch_size", 2, 4), ("grad_accum_steps", 2, 1), ("seed", 7, 0),
                                                ("group_by_length", True, False), ("max_length", 128, 64),
-                                               ("max_prompt_length", 8, 16)])
+                                               ("max_prompt_length", 8, 16), ("ld_alpha", 0.5, None)])
 def test_load_refuses_batch_plan_overrides(ckpt, field, given, saved):
     with pytest.raises(ConfigError) as e: DPOTrainer.load(ckpt, **{field: given})
     msg = str(e.value)

@@ -30,14 +30,14 @@ def test_trls_defaults_map_over(tmp_path):
     assert DPOConfig.from_trl({}).mixed_precision is None and DPOConfig.from_trl({"bf16": False}).mixed_precision == "no"
 
 
-SET = dict(beta=0.3, loss_type=["sigmoid", "sft"], loss_weights=[0.8, 1.0], label_smoothing=0.1,
+SET = dict(beta=0.3, loss_type=["robust", "hinge"], loss_weights=[0.8, 1.0], label_smoothing=0.1,
            f_divergence_type="js_divergence", f_alpha_divergence_coef=0.7, discopop_tau=0.1, learning_rate=5e-7,
            weight_decay=0.01, seed=7, disable_dropout=False, router_aux_loss_coef=0.01, per_device_train_batch_size=4,
            gradient_accumulation_steps=2, max_steps=100, num_train_epochs=2.0, max_length=256, max_grad_norm=0.5,
            precompute_ref_log_probs=False, precompute_ref_batch_size=32, disable_tqdm=True, lr_scheduler_type="cosine",
            warmup_steps=10, eval_strategy="steps", eval_steps=25, bf16=False, fp16=False, sync_ref_model=True,
            ref_model_mixup_alpha=0.3, ref_model_sync_steps=16, ld_alpha=0.4)
-EXPECTED = dict(beta=0.3, loss_type=["sigmoid", "sft"], loss_weights=[0.8, 1.0], label_smoothing=0.1,
+EXPECTED = dict(beta=0.3, loss_type=["robust", "hinge"], loss_weights=[0.8, 1.0], label_smoothing=0.1,
                 f_divergence_type="js_divergence", f_alpha_divergence_coef=0.7, discopop_tau=0.1, learning_rate=5e-7,
                 weight_decay=0.01, seed=7, disable_dropout=False, router_aux_loss_coef=0.01, batch_size=4, grad_accum_steps=2,
                 max_steps=100, epochs=2.0, max_length=256, max_grad_norm=0.5, precompute_ref=False, ref_batch_size=32,
@@ -66,6 +66,16 @@ def test_refusals_of_what_cannot_be_mapped():
                    ({"not_a_field": 1}, r"not TRL DPOConfig settings: \['not_a_field'\]"), ({"loss_type": ["dpo"]}, "unknown loss_type 'dpo'")):
         with pytest.raises(ConfigError, match=msg):
             DPOConfig.from_trl(d)
+
+
+def test_what_would_train_another_objective_is_refused():
+    # TRL's sigmoid ignores label_smoothing; ours applies it (cDPO): porting it would change the objective
+    with pytest.raises(ConfigError, match="TRL's sigmoid ignores it"):
+        DPOConfig.from_trl(dict(loss_type=["sigmoid", "aot"], label_smoothing=0.1))
+    assert DPOConfig.from_trl(dict(loss_type=["aot"], label_smoothing=0.1)).label_smoothing == 0.1
+    # LD-DPO's weights would reach the NLL term, which TRL computes on the plain log-probs
+    with pytest.raises(ConfigError, match="ld_alpha=0.5 with loss_type"):
+        DPOConfig.from_trl(dict(loss_type=["sigmoid", "sft"], ld_alpha=0.5))
 
 
 def test_bookkeeping_is_named_in_a_warning_not_dropped_silently():

@@ -124,3 +124,14 @@ def test_dpop_is_smaugs_equation(beta, lam):
     dpo_loss(pc2, pr, rc, rr, beta, "sigmoid")[0].sum().backward()
     below = pc < rc
     assert below.any() and ((pc_.grad[below] <= pc2.grad[below]) if lam else (pc_.grad[below] == pc2.grad[below])).all()
+
+
+def test_batch_level_losses_are_evaluated_in_training_sized_batches():
+    from dpo_nb.train import DPOConfig, _pair_metrics
+    pc, pr, rc, rr, nc, nr = make_pairs(10, 30.0, seed=21)
+    for lt in ("aot", ["sigmoid", "sft"], "sigmoid"):
+        cfg = DPOConfig(loss_type=lt, batch_size=4)
+        got = _pair_metrics(pc, pr, rc, rr, cfg, nc, nr)[0]
+        want = torch.cat([dpo_loss(pc[s:s + 4], pr[s:s + 4], rc[s:s + 4], rr[s:s + 4], 0.1, lt, chosen_tokens=nc[s:s + 4],
+                                   rejected_tokens=nr[s:s + 4])[0] for s in range(0, 10, 4)])
+        torch.testing.assert_close(torch.as_tensor(got), want)
