@@ -1333,7 +1333,9 @@ class WhatIf(WidgetApp):
         self.beta_w = W.FloatLogSlider(value=beta if beta is not None else cfg["beta"], base=10, min=-3, max=1, step=0.01,
                                        description="β", continuous_update=False, readout_format=".3g")
         mixes = [] if isinstance(lt, str) else [(loss_name(lt), tuple(lt))]  # a run's mix of loss types is one more choice
-        self.loss_w = W.Dropdown(options=mixes + [(t, t) for t in LOSS_TYPES], value=lt if isinstance(lt, str) else tuple(lt),
+        # (ipywidgets takes label/value pairs for all options or for none)
+        self.loss_w = W.Dropdown(options=mixes + [(t, t) for t in LOSS_TYPES] if mixes else list(LOSS_TYPES),
+                                 value=lt if isinstance(lt, str) else tuple(lt),
                                  description="loss type", layout=W.Layout(width="250px"))
         self.eps_w = W.FloatSlider(value=label_smoothing if label_smoothing is not None else cfg["label_smoothing"], min=0.0, max=0.49,
                                    step=0.01, description="label smoothing", continuous_update=False, disabled=_smoothing_min(lt) is None,
