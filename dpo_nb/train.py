@@ -27,7 +27,7 @@ from .models import (add_reference_adapter, adapter_state, adapters_are_identity
                            router_aux_coef)
 
 # %% auto #0
-__all__ = ['DPOConfig', 'ConfigError', 'loss_settings', 'check_config', 'pick_device', 'seed_everything', 'epoch_order',
+__all__ = ['DPOConfig', 'ConfigError', 'check_config', 'loss_settings', 'pick_device', 'seed_everything', 'epoch_order',
            'epoch_batches', 'batch_rows', 'NonFiniteError', 'Callback', 'model_fingerprint', 'data_fingerprint',
            'default_cache_dir', 'ref_cache_path', 'process_state', 'DPOTrainer', 'train_step', 'evaluate', 'probe',
            'estimate_kl', 'sample_responses', 'fit', 'save', 'load']
@@ -144,6 +144,31 @@ def _check_device(device):
                           "'cuda', 'cuda:1', 'mps', or None (cuda, then mps, then cpu)") from None
 
 
+def check_config(cfg):
+    "Refuse any DPOConfig field of the wrong type or out of its range, with a message naming the field."
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if not _type_ok(v, f.type): raise ConfigError(f"DPOConfig.{f.name}={v!r}: expected {f.type}, got {type(v).__name__}")
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed: raise ConfigError(f"DPOConfig.{name}={getattr(cfg, name)!r}: choose one of {allowed}")
+    for name, (ok, what) in _RANGES.items():
+        if not ok(getattr(cfg, name)): raise ConfigError(f"DPOConfig.{name}={getattr(cfg, name)!r}: must be {what}")
+    for f in fields(cfg):  # every float setting: no NaN, no infinity (inf weight decay or router loss trains garbage)
+        v = getattr(cfg, f.name)
+        if "float" in f.type and isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(v):
+            raise ConfigError(f"DPOConfig.{f.name}={v!r}: must be a finite number")
+    _check_device(cfg.device)
+    try: json.dumps(_template_kwargs(cfg.chat_template_kwargs))  # (saved with the checkpoint as JSON)
+    except (TypeError, ValueError) as e: raise ConfigError(f"DPOConfig.chat_template_kwargs: {e}") from None
+    if cfg.max_length and cfg.max_prompt_length and cfg.max_prompt_length >= cfg.max_length:
+        raise ConfigError(f"DPOConfig.max_prompt_length={cfg.max_prompt_length} leaves no room for a response within "
+                          f"max_length={cfg.max_length}")
+    _check_loss(cfg)
+    if cfg.sync_ref_model and cfg.precompute_ref:
+        raise ConfigError("DPOConfig.sync_ref_model=True with precompute_ref=True: TR-DPO changes the reference every "
+                          "ref_model_sync_steps steps, so its log-probs cannot be computed once; set precompute_ref=False")
+
+# %% ../nbs/03_train.ipynb #f599e2db
 def _check_loss(cfg):
     "The loss settings as `dpo_loss` checks them: types, weights, label smoothing, divergence and options."
     lt, w = cfg.loss_type, cfg.loss_weights
@@ -169,31 +194,6 @@ def loss_settings(cfg) -> dict:
     return dict(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, loss_weights=cfg.loss_weights,
                 f_divergence_type=cfg.f_divergence_type, f_alpha_divergence_coef=cfg.f_alpha_divergence_coef,
                 discopop_tau=cfg.discopop_tau, simpo_gamma=cfg.simpo_gamma, dpop_lambda=cfg.dpop_lambda)
-
-
-def check_config(cfg):
-    "Refuse any DPOConfig field of the wrong type or out of its range, with a message naming the field."
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if not _type_ok(v, f.type): raise ConfigError(f"DPOConfig.{f.name}={v!r}: expected {f.type}, got {type(v).__name__}")
-    for name, allowed in _CHOICES.items():
-        if getattr(cfg, name) not in allowed: raise ConfigError(f"DPOConfig.{name}={getattr(cfg, name)!r}: choose one of {allowed}")
-    for name, (ok, what) in _RANGES.items():
-        if not ok(getattr(cfg, name)): raise ConfigError(f"DPOConfig.{name}={getattr(cfg, name)!r}: must be {what}")
-    for f in fields(cfg):  # every float setting: no NaN, no infinity (inf weight decay or router loss trains garbage)
-        v = getattr(cfg, f.name)
-        if "float" in f.type and isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(v):
-            raise ConfigError(f"DPOConfig.{f.name}={v!r}: must be a finite number")
-    _check_device(cfg.device)
-    try: json.dumps(_template_kwargs(cfg.chat_template_kwargs))  # (saved with the checkpoint as JSON)
-    except (TypeError, ValueError) as e: raise ConfigError(f"DPOConfig.chat_template_kwargs: {e}") from None
-    if cfg.max_length and cfg.max_prompt_length and cfg.max_prompt_length >= cfg.max_length:
-        raise ConfigError(f"DPOConfig.max_prompt_length={cfg.max_prompt_length} leaves no room for a response within "
-                          f"max_length={cfg.max_length}")
-    _check_loss(cfg)
-    if cfg.sync_ref_model and cfg.precompute_ref:
-        raise ConfigError("DPOConfig.sync_ref_model=True with precompute_ref=True: TR-DPO changes the reference every "
-                          "ref_model_sync_steps steps, so its log-probs cannot be computed once; set precompute_ref=False")
 
 # %% ../nbs/03_train.ipynb #29be0b53
 # TRL DPOConfig field -> (DPOConfig field, value converter)
