@@ -25,7 +25,7 @@ __all__ = ['LOGITS_BUDGET', 'KEEP_LOGITS', 'response_positions', 'model_device',
            'chunked_target_logps', 'lean_path_ok', 'concat_pair_batch', 'sequence_logps', 'router_aux_loss',
            'concat_response_logps', 'chunked_target_logps_from_logits', 'pair_layout', 'shared_prefix_logps',
            'prefix_sharing_tokens', 'prefix_sharing_pays', 'prefix_sharing_ok', 'response_logps', 'ld_weighted',
-           'logits_memory', 'measure_peak_memory', 'score_pairs', 'token_kl']
+           'log_sum_sq_probs', 'logits_memory', 'measure_peak_memory', 'score_pairs', 'token_kl']
 
 # %% ../nbs/01_logps.ipynb #ace49312
 def response_positions(input_ids: torch.Tensor,  # [rows, seq] token ids
@@ -211,23 +211,27 @@ def sequence_logps(model,  # any transformers causal LM (or a peft model around 
                    response_mask: torch.Tensor,  # [rows, seq] 1 on the tokens to score
                    chunk_size: int = 1024,  # response tokens through the LM head at once
                    router_aux: bool = False,  # (MoE models) also return the router's load-balancing loss of this forward
+                   sum_sq: bool = False,  # also return log Σ_v π(v|context)² per token, `[rows, seq]` (WPO's weights, below)
                    ):
-    "Per-token log-probs `[rows, seq]` (0 off the mask) and their sums `[rows]` (and the router loss, if `router_aux`)."
+    "Per-token log-probs `[rows, seq]` (0 off the mask) and their sums `[rows]` (then the router loss if `router_aux`, log Σ p² if `sum_sq`)."
     dev = model_device(model)
     input_ids, attention_mask, response_mask = input_ids.to(dev), attention_mask.to(dev), response_mask.to(dev)
     rows, cols, targets = response_positions(input_ids, response_mask)
     extra = dict(output_router_logits=True) if router_aux else {}
     if lean_path_ok(model):
         out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
-        tok_logps = chunked_target_logps(model, out.last_hidden_state[rows, cols], targets, chunk_size)
+        h = out.last_hidden_state[rows, cols]
+        tok_logps = chunked_target_logps(model, h, targets, chunk_size)
+        sq = log_sum_sq_probs(model, hidden=h, chunk_size=chunk_size) if sum_sq else None
         aux = router_aux_loss(model, out.router_logits, attention_mask) if router_aux else None
     else:  # the plain path: full logits from the model's own forward
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
         tok_logps = chunked_target_logps_from_logits(out.logits[rows, cols], targets, chunk_size)
+        sq = log_sum_sq_probs(model, logits=out.logits[rows, cols], chunk_size=chunk_size) if sum_sq else None
         aux = out.aux_loss if router_aux else None
-    per_token = torch.zeros(input_ids.shape, dtype=torch.float32, device=dev)
-    per_token = per_token.index_put((rows, cols + 1), tok_logps.to(dev))  # out of place, so autograd flows through it
-    return (per_token, per_token.sum(-1), aux) if router_aux else (per_token, per_token.sum(-1))
+    place = lambda v: torch.zeros(input_ids.shape, dtype=torch.float32, device=dev).index_put((rows, cols + 1), v.to(dev))
+    per_token = place(tok_logps)  # (index_put out of place, so autograd flows through it)
+    return (per_token, per_token.sum(-1)) + ((aux,) if router_aux else ()) + ((place(sq),) if sum_sq else ())
 
 
 def router_aux_loss(model, router_logits, attention_mask) -> torch.Tensor:
@@ -245,16 +249,20 @@ def concat_response_logps(model,  # any transformers causal LM (or a peft model 
                           batch: dict,  # a `PairCollator` batch
                           chunk_size: int = 1024,  # response tokens through the LM head at once
                           router_aux: bool = False,  # (MoE models) add the router's load-balancing loss as `aux_loss`
+                          sum_sq: bool = False,  # add log Σ_v π(v|context)² per token as `chosen/rejected_token_log_sum_sq`
                           ) -> dict:
     "Summed and per-token log-probs of the chosen and rejected responses, from one forward over both."
     B, Lc, Lr = batch["chosen_input_ids"].shape[0], batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1]
     cat = concat_pair_batch(batch)
-    per_token, sums, *aux = sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["response_mask"], chunk_size,
-                                           router_aux=router_aux)
+    per_token, sums, *more = sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["response_mask"], chunk_size,
+                                            router_aux=router_aux, sum_sq=sum_sq)
     counts = cat["response_mask"].sum(-1).to(sums.device)
-    return dict(chosen_logps=sums[:B], rejected_logps=sums[B:],
-                chosen_token_logps=per_token[:B, :Lc], rejected_token_logps=per_token[B:, :Lr],
-                chosen_tokens=counts[:B], rejected_tokens=counts[B:], **({"aux_loss": aux[0]} if router_aux else {}))
+    out = dict(chosen_logps=sums[:B], rejected_logps=sums[B:],
+               chosen_token_logps=per_token[:B, :Lc], rejected_token_logps=per_token[B:, :Lr],
+               chosen_tokens=counts[:B], rejected_tokens=counts[B:])
+    if router_aux: out["aux_loss"] = more[0]
+    if sum_sq: out.update(chosen_token_log_sum_sq=more[-1][:B, :Lc], rejected_token_log_sum_sq=more[-1][B:, :Lr])
+    return out
 
 
 def chunked_target_logps_from_logits(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
@@ -301,6 +309,7 @@ def shared_prefix_logps(model,  # a causal LM whose decoder takes a KV cache (se
                         batch: dict,  # a `PairCollator` batch
                         chunk_size: int = 1024,  # response tokens through the LM head at once
                         layout: dict | None = None,  # `pair_layout(batch)`, if already computed
+                        sum_sq: bool = False,  # add log Σ_v π(v|context)² per token (as `concat_response_logps`)
                         ) -> dict:
     "`concat_response_logps`'s result, with each prompt run once and its KV cache shared by both responses."
     layout = layout if layout is not None else pair_layout(batch)
@@ -334,13 +343,18 @@ def shared_prefix_logps(model,  # a causal LM whose decoder takes a KV cache (se
         pred = torch.cat([first, hr], 1)  # 4. column j predicts response token j
     else: pred = first
     rows, rcols = rmask.nonzero(as_tuple=True)
-    tok = chunked_target_logps(model, pred[rows, rcols], resp_ids[rows, rcols], chunk_size).to(dev)
+    h = pred[rows, rcols]
+    tok = chunked_target_logps(model, h, resp_ids[rows, rcols], chunk_size).to(dev)
     pair, chosen = rows // 2, rows % 2 == 0
     at = plen[pair] + rcols  # each token's position in the collator's right-padded layout
-    ct = torch.zeros(B, Lc, dtype=torch.float32, device=dev).index_put((pair[chosen], at[chosen]), tok[chosen])
-    rt = torch.zeros(B, Lr, dtype=torch.float32, device=dev).index_put((pair[~chosen], at[~chosen]), tok[~chosen])
-    return dict(chosen_logps=ct.sum(-1), rejected_logps=rt.sum(-1), chosen_token_logps=ct, rejected_token_logps=rt,
-                chosen_tokens=nc, rejected_tokens=nr)
+    place = lambda v, side, L: torch.zeros(B, L, dtype=torch.float32, device=dev).index_put((pair[side], at[side]), v[side])
+    ct, rt = place(tok, chosen, Lc), place(tok, ~chosen, Lr)
+    out = dict(chosen_logps=ct.sum(-1), rejected_logps=rt.sum(-1), chosen_token_logps=ct, rejected_token_logps=rt,
+               chosen_tokens=nc, rejected_tokens=nr)
+    if sum_sq:
+        sq = log_sum_sq_probs(model, hidden=h, chunk_size=chunk_size).to(dev)
+        out.update(chosen_token_log_sum_sq=place(sq, chosen, Lc), rejected_token_log_sum_sq=place(sq, ~chosen, Lr))
+    return out
 
 # %% ../nbs/01_logps.ipynb #4e251197
 def prefix_sharing_tokens(batch: dict, layout: dict | None = None) -> dict:
@@ -446,19 +460,20 @@ def response_logps(model,  # any transformers causal LM (or a peft model around 
                    prefix_sharing: bool | None = None,  # None: when it pays; True: whenever possible; False: never
                    router_aux: bool = False,  # (MoE models) add the router's load-balancing loss as `aux_loss`
                    ld_alpha: float | None = None,  # LD-DPO: weight of the tokens past the shorter response's length (below)
+                   sum_sq: bool = False,  # WPO: add log Σ_v π(v|context)² per token as `chosen/rejected_token_log_sum_sq` (below)
                    ) -> dict:
     "Summed and per-token log-probs of the chosen and rejected responses (the prompt run once where that pays)."
-    out = _response_logps(model, batch, chunk_size, prefix_sharing, router_aux)
+    out = _response_logps(model, batch, chunk_size, prefix_sharing, router_aux, sum_sq)
     return out if ld_alpha is None else ld_weighted(out, batch, ld_alpha)
 
-def _response_logps(model, batch, chunk_size, prefix_sharing, router_aux):
+def _response_logps(model, batch, chunk_size, prefix_sharing, router_aux, sum_sq=False):
     if prefix_sharing is not False:
         layout = pair_layout(batch)
         if prefix_sharing or prefix_sharing_pays(batch, layout):
             why = "the router loss is defined on the concatenated forward" if router_aux else _prefix_sharing_blocked(model, layout)
-            if why is None: return shared_prefix_logps(model, batch, chunk_size, layout)
+            if why is None: return shared_prefix_logps(model, batch, chunk_size, layout, sum_sq=sum_sq)
             if prefix_sharing: warnings.warn(f"prefix_sharing=True, but {why}: using the concatenated forward")
-    return concat_response_logps(model, batch, chunk_size, router_aux=router_aux)
+    return concat_response_logps(model, batch, chunk_size, router_aux=router_aux, sum_sq=sum_sq)
 
 # %% ../nbs/01_logps.ipynb #465b5e2d
 def ld_weighted(out: dict, batch: dict, alpha: float) -> dict:
@@ -471,6 +486,20 @@ def ld_weighted(out: dict, batch: dict, alpha: float) -> dict:
         w = torch.where(pos <= shared[:, None], 1.0, float(alpha)) * batch[f"{side}_response_mask"].to(lp.device)
         res[f"{side}_logps"] = (lp * w).sum(-1)
     return res
+
+# %% ../nbs/01_logps.ipynb #706f1783
+def log_sum_sq_probs(model, hidden: torch.Tensor | None = None,  # [n, hidden] states at the predicting positions, or
+                     logits: torch.Tensor | None = None,  # [n, vocab] ready logits
+                     chunk_size: int = 1024) -> torch.Tensor:
+    "log Σ_v π(v | context)² for each row, in float32, without gradients; a chunk of rows at a time."
+    n = len(hidden if hidden is not None else logits)
+    rows = max(1, min(chunk_size, LOGITS_BUDGET // _vocab_size(model)))
+    out = []
+    with torch.no_grad():
+        for s in range(0, n, rows):
+            z = (lm_head_logits(model, hidden[s:s + rows]) if logits is None else logits[s:s + rows]).float()
+            out.append(torch.logsumexp(2 * z, -1) - 2 * torch.logsumexp(z, -1))
+    return torch.cat(out) if out else torch.zeros(0)
 
 # %% ../nbs/01_logps.ipynb #e2aec6bd
 def logits_memory(n_seqs: int, seq_len: int, vocab: int, response_share: float = 0.5, chunk_size: int = 1024,

@@ -134,3 +134,38 @@ def test_token_kl_is_exact(model, tok):
         want = sum((p[t].exp() * (p[t] - q[t])).sum().item() for t in range(P - 1, P - 1 + len(row["chosen_ids"])))
         assert s[i].item() == pytest.approx(want, rel=1e-4)
         assert n[i].item() == len(row["chosen_ids"])
+
+
+def _full_log_sum_sq(model, ids):
+    "log Σ_v π(v | context)² at every position of one sequence, from the model's own full logits (no lean path)."
+    with torch.no_grad():
+        z = model(input_ids=ids[None]).logits[0].double().log_softmax(-1)
+    return torch.logsumexp(2 * z, -1)
+
+
+def test_wpo_log_sum_sq_is_the_same_through_every_path_and_equals_the_full_softmax(tok, model):
+    import copy
+    import transformers as tf
+    pairs = tokenize_pairs(load_preferences(PAIRS), tok)
+    batch = PairCollator(tok.pad_token_id or 0)([pairs[i] for i in range(len(pairs))])
+    torch.manual_seed(0)
+    gemma2 = tf.Gemma2ForCausalLM(tf.Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                                  final_logit_softcapping=2.0, max_position_embeddings=512)).eval()
+    for m in (model, gemma2):  # (Gemma 2's soft cap changes every logit: the check sees it applied)
+        plain = copy.deepcopy(m)
+        plain._dpo_nb_lean_ok = False  # the full-logits path
+        with torch.no_grad():
+            outs = [response_logps(m, batch, chunk_size=3, prefix_sharing=True, sum_sq=True),
+                    response_logps(m, batch, chunk_size=3, prefix_sharing=False, sum_sq=True),
+                    response_logps(plain, batch, prefix_sharing=False, sum_sq=True)]
+        for side in ("chosen", "rejected"):
+            ids, resp = batch[f"{side}_input_ids"], batch[f"{side}_response_mask"].bool()
+            for b in range(ids.shape[0]):
+                want = _full_log_sum_sq(m, ids[b])[:-1][resp[b, 1:]]  # position t - 1 predicts token t
+                for out in outs:
+                    got = out[f"{side}_token_log_sum_sq"]
+                    torch.testing.assert_close(got[b][resp[b]].double(), want, rtol=1e-5, atol=1e-5)
+                    assert float(got[b][~resp[b]].abs().sum()) == 0.0
+        assert all(not o["chosen_token_log_sum_sq"].requires_grad for o in outs)
+        assert "chosen_token_log_sum_sq" not in response_logps(m, batch)  # only when asked
