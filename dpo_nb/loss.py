@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['F_DIVERGENCES', 'LOSS_TYPES', 'LENGTH_NORMALISED', 'NEEDS_TOKENS', 'BATCH_LEVEL', 'dpo_loss', 'gradient_weight']
+__all__ = ['F_DIVERGENCES', 'LOSS_TYPES', 'LENGTH_NORMALISED', 'NEEDS_TOKENS', 'BATCH_LEVEL', 'dpo_loss', 'wpo_weight',
+           'wpo_pair_weights', 'gradient_weight']
 
 # %% ../nbs/02_loss.ipynb #cc5f71d9
 _LOSS_FNS = {}  # loss_type -> function(hw, hl, beta, eps, **pair) -> per-pair losses (pair: log-probs, token counts, options)
@@ -117,9 +118,10 @@ def _aot_unpaired_loss(hw, hl, beta, eps, **_):
 
 # %% ../nbs/02_loss.ipynb #9d4c29ae
 @_register("sft")
-def _sft_loss(hw, hl, beta, eps, pc=None, nw=None, **_):
-    "RPO's NLL term: -Σ log π(y_w) / Σ |y_w| over the batch, as each pair's share."
-    return -pc * (pc.numel() / nw.sum())
+def _sft_loss(hw, hl, beta, eps, pc=None, nw=None, pw=None, **_):
+    "RPO's NLL term: -Σ log π(y_w) / Σ |y_w| over the batch, as each pair's share (times the batch's mean WPO weight `pw`)."
+    share = -pc * (pc.numel() / nw.sum())
+    return share if pw is None else share * pw.mean()
 
 # %% ../nbs/02_loss.ipynb #2784eab4
 @_register("simpo")
@@ -133,9 +135,10 @@ def _log_odds(avg_logp):
     return avg_logp - torch.log(-torch.expm1(avg_logp))
 
 @_register("orpo")
-def _orpo_loss(hw, hl, beta, eps, pc=None, pr=None, nw=None, nl=None, **_):
+def _orpo_loss(hw, hl, beta, eps, pc=None, pr=None, nw=None, nl=None, pw=None, **_):
     "ORPO, Hong et al. 2024: the NLL term plus λ·(-log σ(log odds(y_w) - log odds(y_l))), λ = beta; no reference."
-    return _sft_loss(hw, hl, beta, eps, pc=pc, nw=nw) - beta * F.logsigmoid(_log_odds(pc / nw) - _log_odds(pr / nl))
+    odds = -beta * F.logsigmoid(_log_odds(pc / nw) - _log_odds(pr / nl))
+    return _sft_loss(hw, hl, beta, eps, pc=pc, nw=nw, pw=pw) + (odds if pw is None else odds * pw)
 
 # %% ../nbs/02_loss.ipynb #abf09ee1
 @_register("dpop")
@@ -230,6 +233,21 @@ def _token_counts(counts, name, like, loss_type):
         raise ValueError(f"{name}[{i}] is {c[i].item()}: token counts must be positive (pair index {i})")
     return c
 
+# %% ../nbs/02_loss.ipynb #590bcdc2
+def _pair_weights(pw, like, types):
+    "WPO's per-pair weights as a detached tensor like `like`, checked; None when not given."
+    if pw is None: return None
+    if set(types) & {"aot", "aot_unpaired"}:
+        raise ValueError(f"pair_weights (WPO) with loss_type {types}: aot and aot_unpaired sort the pairs, so a pair's weight "
+                         "would land on another pair's loss (TRL refuses them too)")
+    pw = torch.as_tensor(pw, device=like.device).detach().to(like.dtype)
+    if pw.shape != like.shape: raise ValueError(f"shape mismatch: pair_weights {list(pw.shape)}, policy_chosen_logps {list(like.shape)}")
+    bad = ~(torch.isfinite(pw) & (pw >= 0))
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"pair_weights[{i}] is {pw[i].item()}: weights must be finite and >= 0 (pair index {i})")
+    return pw
+
 # %% ../nbs/02_loss.ipynb #0efb15d6
 def _loss_types(loss_type, loss_weights):
     "The loss types as a list, with one weight each (1.0 by default, as TRL), checked."
@@ -260,6 +278,7 @@ def dpo_loss(
     discopop_tau: float = 0.05,          # DiscoPOP's τ
     simpo_gamma: float = 0.5,            # SimPO's target margin γ
     dpop_lambda: float = 50.0,           # DPOP's λ
+    pair_weights: torch.Tensor | None = None,  # [B] WPO: each pair's loss times its weight (`wpo_weight`, below); constants
 ) -> tuple:                              # (losses, chosen_rewards, rejected_rewards), each [B]
     "Per-pair DPO-family loss (a weighted mix, if several types) and the implicit rewards β·(log π_θ − log π_ref)."
     types, weights = _loss_types(loss_type, loss_weights)
@@ -277,13 +296,30 @@ def dpo_loss(
     tokens = any(t in NEEDS_TOKENS for t in types)
     nw = _token_counts(chosen_tokens, "chosen_tokens", hw, name) if tokens else None
     nl = _token_counts(rejected_tokens, "rejected_tokens", hw, name) if tokens else None
-    pair = dict(pc=pc, pr=pr, rc=rc, rr=rr, nw=nw, nl=nl, discopop_tau=discopop_tau, simpo_gamma=simpo_gamma, dpop_lambda=dpop_lambda)
+    pw = _pair_weights(pair_weights, hw, types)
+    pair = dict(pc=pc, pr=pr, rc=rc, rr=rr, nw=nw, nl=nl, discopop_tau=discopop_tau, simpo_gamma=simpo_gamma, dpop_lambda=dpop_lambda,
+                pw=pw)
     losses = 0
     for t, w in zip(types, weights):
         a, b = (sw, sl) if t in _ON_SCORES else (hw, hl)
         if t in LENGTH_NORMALISED: a, b = a / nw, b / nl
-        losses = losses + w * _LOSS_FNS[t](a, b, beta, eps, **pair)
+        l = _LOSS_FNS[t](a, b, beta, eps, **pair)
+        losses = losses + w * (l * pw if pw is not None and t not in ("sft", "orpo") else l)  # (the NLL term weighs itself)
     return losses, beta * hw.detach(), beta * hl.detach()
+
+# %% ../nbs/02_loss.ipynb #df167db4
+def wpo_weight(token_logps: torch.Tensor,       # [B, L] per-token log-probs of one side's responses (0 off the response)
+               token_log_sum_sq: torch.Tensor,  # [B, L] log Σ_v π(v | context)² at the same tokens (0 off the response)
+               tokens,                          # [B] response token counts
+               ) -> torch.Tensor:               # [B] WPO's weight of each response, detached
+    "exp of the mean over a response's tokens of log π(y_t) − log Σ_v π(v)²: how likely the policy is to write it."
+    n = torch.as_tensor(tokens, device=token_logps.device).to(torch.float32).clamp(min=1)
+    return torch.exp((token_logps.detach().float() - token_log_sum_sq.detach().float()).sum(-1) / n)
+
+def wpo_pair_weights(out: dict) -> torch.Tensor:
+    "WPO's weight of each pair, w(y_w)·w(y_l), from `response_logps(..., sum_sq=True)` output."
+    w = lambda side: wpo_weight(out[f"{side}_token_logps"], out[f"{side}_token_log_sum_sq"], out[f"{side}_tokens"])
+    return w("chosen") * w("rejected")
 
 # %% ../nbs/02_loss.ipynb #1635acd7
 def gradient_weight(

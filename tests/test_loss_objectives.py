@@ -1,6 +1,7 @@
 """The objectives beyond DPO's sigmoid, against TRL 1.16's own code on the same log-probs: f-divergences and mixtures of
 loss types (its DPOTrainer), SimPO (its CPO trainer) and ORPO (its ORPO trainer); DPOP against the Smaug paper's
 equation. The DPOTrainer harness is test_loss.py's: `_compute_loss` called unbound with stand-ins."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -135,3 +136,81 @@ def test_batch_level_losses_are_evaluated_in_training_sized_batches():
         want = torch.cat([dpo_loss(pc[s:s + 4], pr[s:s + 4], rc[s:s + 4], rr[s:s + 4], 0.1, lt, chosen_tokens=nc[s:s + 4],
                                    rejected_tokens=nr[s:s + 4])[0] for s in range(0, 10, 4)])
         torch.testing.assert_close(torch.as_tensor(got), want)
+    assert _pair_metrics(pc, pr, rc, rr, DPOConfig(loss_type="aot", batch_size=4), nc, nr)[3].tolist() == [0] * 4 + [1] * 4 + [2] * 2
+
+
+def wpo_tokens(B, seed):
+    """Per-token log-probs and log Σ_v π(v)² of B pairs, as TRL's model output lays them out ([chosen rows; rejected rows],
+    position t predicting token t + 1) and as dpo_nb's response_logps does (position t holding token t's value)."""
+    g = torch.Generator().manual_seed(seed)
+    n = torch.randint(1, 9, (2 * B,), generator=g)
+    L = PROMPT_LEN + int(n.max())
+    tok, sq = torch.zeros(2 * B, L, dtype=torch.float64), torch.zeros(2 * B, L, dtype=torch.float64)
+    for i, k in enumerate(n.tolist()):
+        tok[i, PROMPT_LEN:PROMPT_LEN + k] = -torch.rand(k, generator=g, dtype=torch.float64) * 4 - 0.05
+        sq[i, PROMPT_LEN:PROMPT_LEN + k] = -torch.rand(k, generator=g, dtype=torch.float64) * 2 - 0.1
+    return tok, sq, n
+
+
+def trl_wpo_mean(types, beta, tok, sq, n, rc, rr):
+    "TRL DPOTrainer's batch loss with use_weighting=True, from per-token log-probs and log Σ p²."
+    B = len(rc)
+    pc, pr = tok.sum(-1).chunk(2)
+    self, _, inputs, _ = _trl_stand_ins(types[0], beta, 0.0, pc, pr, n[:B], n[B:])
+    self.loss_types, self.loss_weights, self.use_weighting = types, [1.0] * len(types), True
+    L = inputs["input_ids"].shape[1]
+    shifted = lambda x: x[:, 1:L].clone()  # position t holds token t + 1's value
+    model = lambda **kw: SimpleNamespace(log_probs=shifted(tok).requires_grad_(True), log_sum_sq_probs=shifted(sq),
+                                         entropy=torch.zeros(2 * B, L - 1), mean_logits=torch.zeros(2 * B, L - 1),
+                                         is_top1=torch.zeros(2 * B, L - 1, dtype=torch.bool))
+    inputs.update(ref_chosen_logps=rc, ref_rejected_logps=rr)
+    return DPOTrainer._compute_loss(self, model, inputs, return_outputs=False).detach()
+
+
+@pytest.mark.parametrize("types", [["sigmoid"], ["ipo"], ["hinge", "bco_pair"], ["sigmoid_norm", "discopop", "apo_zero"]])
+def test_wpo_weights_equal_trls(types):
+    from dpo_nb.loss import wpo_pair_weights
+    B = 6
+    tok, sq, n = wpo_tokens(B, seed=len(types))
+    _, _, rc, rr, _, _ = make_pairs(B, 10.0, seed=5)
+    out = dict(chosen_token_logps=tok[:B], rejected_token_logps=tok[B:], chosen_token_log_sum_sq=sq[:B],
+               rejected_token_log_sum_sq=sq[B:], chosen_tokens=n[:B], rejected_tokens=n[B:])
+    w = wpo_pair_weights(out)
+    assert w.min() < 0.5 and w.max() > 0.5  # (weights far from 1: the check can tell weighting from none)
+    pc, pr = tok.sum(-1).chunk(2)
+    for beta in (0.1, 0.5):
+        ours = dpo_loss(pc, pr, rc, rr, beta, types, chosen_tokens=n[:B], rejected_tokens=n[B:], pair_weights=w)[0]
+        torch.testing.assert_close(ours.mean(), trl_wpo_mean(types, beta, tok, sq, n, rc, rr), rtol=1e-6, atol=1e-6)
+        for i in range(B):  # per pair
+            rows = torch.tensor([i, B + i])
+            torch.testing.assert_close(ours[i], trl_wpo_mean(types, beta, tok[rows], sq[rows], n[rows], rc[i:i + 1], rr[i:i + 1]),
+                                       rtol=1e-6, atol=1e-6)
+        plain = dpo_loss(pc, pr, rc, rr, beta, types, chosen_tokens=n[:B], rejected_tokens=n[B:])[0]
+        torch.testing.assert_close(ours, plain * w)
+
+
+def test_wpo_weight_is_the_papers_equation():
+    from dpo_nb.loss import wpo_weight
+    tok, sq, n = wpo_tokens(4, seed=9)
+    got = wpo_weight(tok, sq, n)
+    for i in range(len(n)):  # exp of the per-token mean of log π(y_t) − log Σ_v π(v)², over the response alone
+        resp = slice(PROMPT_LEN, PROMPT_LEN + int(n[i]))
+        want = math.exp(sum(float(a - b) for a, b in zip(tok[i, resp], sq[i, resp])) / int(n[i]))
+        assert abs(float(got[i]) - want) < 1e-6 * max(1.0, want)
+
+
+def test_wpo_with_the_nll_term_takes_the_batch_mean_weight_and_aot_refuses_it():
+    pc, pr, rc, rr, nc, nr = make_pairs(5, 20.0, seed=4)
+    w = torch.tensor([1.0, 0.2, 0.5, 0.05, 0.9], dtype=torch.float64)
+    for lt in (["sigmoid", "sft"], "orpo"):
+        got = dpo_loss(pc, pr, rc, rr, 0.1, lt, chosen_tokens=nc, rejected_tokens=nr, pair_weights=w)[0]
+        nll = -pc.sum() / nc.sum()  # the batch's token-mean NLL; each pair's share of it is -pc_i * B / Σ n
+        rest = (dpo_loss(pc, pr, rc, rr, 0.1, "sigmoid")[0] if lt != "orpo" else
+                dpo_loss(pc, pr, rc, rr, 0.1, "orpo", chosen_tokens=nc, rejected_tokens=nr)[0] + pc * len(pc) / nc.sum())
+        torch.testing.assert_close(got.mean(), (rest * w).mean() + nll * w.mean())
+    for lt in ("aot", "aot_unpaired", ["sigmoid", "aot"]):
+        with pytest.raises(ValueError, match="sort the pairs"):
+            dpo_loss(pc, pr, rc, rr, 0.1, lt, pair_weights=w)
+    for bad, msg in ((w[:3], "shape mismatch"), (torch.tensor([1.0, float("nan"), 1, 1, 1]), r"pair_weights\[1\]")):
+        with pytest.raises(ValueError, match=msg):
+            dpo_loss(pc, pr, rc, rr, 0.1, pair_weights=bad)
