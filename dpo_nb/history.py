@@ -24,6 +24,8 @@ DEFINITIONS = {
     "gradient weight": "sigmoid(r_rejected - r_chosen): how hard the sigmoid DPO loss pushes on a pair (1 = fully, 0 = done)",
     "log-ratio": "log pi(y|x) - log pi_ref(y|x) of one response or token (nats); not a KL: it is measured on preference data, not on policy samples",
     "likelihood displacement": "a pair whose chosen log-prob fell while its margin rose, between its first and latest scoring",
+    "loss batch": "loss_batch: which of a step's micro-batches (per process) a pair's loss was computed in; batch-level losses (aot, sft, orpo) depend on the whole batch",
+    "WPO weight": "wpo_weight: exp of the mean over each response's tokens of log pi(y_t) - log sum_v pi(v)^2, chosen times rejected; a use_weighting run's loss of a pair is its loss times this",
 }
 
 KL_METHODS = {

@@ -21,7 +21,8 @@ import dpo_nb
 from .data import DataWarning, PairCollator, PreferenceDataError, _fmt_ids, _template_kwargs, data_report, tokenize_pairs
 from .history import CheckpointError, History, _why
 from .logps import model_device, response_logps, sequence_logps, token_kl
-from .loss import BATCH_LEVEL, LOSS_TYPES, _check_label_smoothing, _check_options, _loss_types, dpo_loss, gradient_weight
+from .loss import (BATCH_LEVEL, LOSS_TYPES, _check_label_smoothing, _check_options, _loss_types, dpo_loss, gradient_weight,
+                         wpo_pair_weights)
 from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
                            load_adapter_state, pick_dtype, place, prepare_master_weights, process_device, reference_adapter,
                            router_aux_coef)
@@ -46,6 +47,7 @@ class DPOConfig:
     simpo_gamma: float = 0.5  # SimPO's target margin γ
     dpop_lambda: float = 50.0  # DPOP's penalty λ on a chosen log-prob below the reference's
     ld_alpha: float | None = None  # LD-DPO: weight of the tokens past the shorter response's length (None: DPO's sums; 01_logps)
+    use_weighting: bool = False  # WPO: each pair's loss times the policy's own per-token probability of its two responses (02_loss)
     sync_ref_model: bool = False  # TR-DPO: mix the policy into the reference model every `ref_model_sync_steps` steps
     ref_model_mixup_alpha: float = 0.6  # TR-DPO's α: reference ← α·policy + (1 − α)·reference
     ref_model_sync_steps: int = 512  # TR-DPO's τ: steps between those updates
@@ -187,6 +189,9 @@ def _check_loss(cfg):
         raise ConfigError(f"DPOConfig.ld_alpha={cfg.ld_alpha} with loss_type={lt!r}: ld_alpha weights the log-probs every loss "
                           "sees, while the NLL and average-log-prob terms (sft, simpo, orpo) are defined on the plain ones (TRL's sft "
                           "too); not supported together")
+    if cfg.use_weighting and set(lt if isinstance(lt, list) else [lt]) & {"aot", "aot_unpaired"}:
+        raise ConfigError(f"DPOConfig.use_weighting=True with loss_type={lt!r}: aot and aot_unpaired sort the pairs, so a pair's "
+                          "WPO weight would land on another pair's loss (TRL refuses them too)")
 
 
 def loss_settings(cfg) -> dict:
@@ -199,7 +204,7 @@ def loss_settings(cfg) -> dict:
 # TRL DPOConfig field -> (DPOConfig field, value converter)
 _TRL_SAME = ("beta", "loss_weights", "label_smoothing", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau",
              "learning_rate", "weight_decay", "seed", "disable_dropout", "router_aux_loss_coef", "gradient_checkpointing",
-             "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "ld_alpha")
+             "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "ld_alpha", "use_weighting")
 _TRL_MAP = {
     **{k: (k, None) for k in _TRL_SAME},
     "loss_type": ("loss_type", lambda v: v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else list(v) if isinstance(v, (list, tuple)) else v),
@@ -626,9 +631,10 @@ def _left_out(self: DPOTrainer, max_ids: int = 1000) -> dict:
 
 # %% ../nbs/03_train.ipynb #6201a1f0
 @torch.no_grad()
-def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None = None, router_aux: bool = False):
-    "Scores of `rows` of `data` under `model` (no grad): dict of numpy arrays (and per-token tensors if `tokens`; MoE router loss per batch if `router_aux`)."
-    out = {k: [] for k in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens")}
+def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None = None, router_aux: bool = False,
+                wpo: bool = False):
+    "Scores of `rows` of `data` under `model` (no grad): dict of numpy arrays (and per-token tensors if `tokens`; MoE router loss per batch if `router_aux`; WPO weights if `wpo`)."
+    out = {k: [] for k in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens") + (("wpo_weight",) if wpo else ())}
     tok_out, aux = [], []
     bs = self.config.ref_batch_size
     shard = self.world > 1 and not tokens
@@ -642,7 +648,8 @@ def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None 
             batch = self.collate([data[i] for i in rows[s:s + bs]])
             with self._autocast():
                 r = response_logps(model, batch, self.config.chunk_size, self.config.prefix_sharing, router_aux=router_aux,
-                                   ld_alpha=self.config.ld_alpha)
+                                   ld_alpha=self.config.ld_alpha, sum_sq=wpo)
+            if wpo: r["wpo_weight"] = wpo_pair_weights(r)
             for k in out: out[k].append(r[k].float().cpu())
             if router_aux: aux.append(float(r["aux_loss"]))
             if tokens: tok_out.append((batch, {k: r[k].float().cpu() for k in ("chosen_token_logps", "rejected_token_logps")}))
@@ -770,12 +777,14 @@ def train_step(self) -> dict:
             rows = rows[self.rank * per:(self.rank + 1) * per]
         batch = self.collate([self.train_data[i] for i in rows])
         with self._autocast():
-            pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0, ld_alpha=cfg.ld_alpha)
+            pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0, ld_alpha=cfg.ld_alpha,
+                                 sum_sq=cfg.use_weighting)
+        pw = wpo_pair_weights(pol) if cfg.use_weighting else None  # (WPO: constants of this step)
         ref_c, ref_r = (r.to(pol["chosen_logps"].device) for r in self._ref_for_batch(rows, batch))  # (a dispatched model's head may sit elsewhere)
         finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
         if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
         losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, **loss_settings(cfg),
-                                   chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"])
+                                   chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"], pair_weights=pw)
         loss = losses.mean()
         if self.aux_coef: loss = loss + self.aux_coef * pol["aux_loss"].float()  # MoE: + c * load-balancing loss (TRL's rule)
         loss = loss / cfg.grad_accum_steps
@@ -787,6 +796,8 @@ def train_step(self) -> dict:
                           ref_chosen_logps=ref_c.cpu().numpy(), ref_rejected_logps=ref_r.cpu().numpy(),
                           chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy(),
                           n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy(),
+                          loss_batch=np.full(len(rows), j * self.world + self.rank),  # the pairs each loss was computed over
+                          **({"wpo_weight": pw.float().cpu().numpy()} if pw is not None else {}),
                           **({"aux_loss": np.full(len(rows), float(pol["aux_loss"].detach()))} if self.aux_coef else {})))
     with _DeferInterrupt():  # from the gradient sync on, the step completes even if interrupted (the loss scaler too)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -824,7 +835,7 @@ def train_step(self) -> dict:
                                    ref_chosen_logps=p["ref_chosen_logps"], ref_rejected_logps=p["ref_rejected_logps"],
                                    chosen_reward=p["chosen_reward"], rejected_reward=p["rejected_reward"], margin=margin,
                                    grad_weight=gradient_weight(torch.as_tensor(p["chosen_reward"]), torch.as_tensor(p["rejected_reward"])).numpy(),
-                                   loss=p["losses"])
+                                   loss=p["losses"], loss_batch=p["loss_batch"], wpo_weight=p.get("wpo_weight"))
     return metrics
 
 
@@ -850,30 +861,32 @@ def _sync_reference(self: DPOTrainer):
     self._probe_ref = None
 
 # %% ../nbs/03_train.ipynb #2312e769
-def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens, rejected_tokens):
-    "Per-pair losses and rewards of scored pairs; a batch-level loss (AOT's sort, the NLL token mean) in batches of `batch_size`."
+def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens, rejected_tokens, pair_weights=None):
+    "Per-pair losses and rewards of scored pairs, and each pair's loss batch: a batch-level loss (AOT's sort, the NLL token mean) in batches of `batch_size`."
+    n = len(chosen_logps)
+    pw = torch.as_tensor(pair_weights) if pair_weights is not None else None
     t = [torch.as_tensor(x) for x in (chosen_logps, rejected_logps, ref_c, ref_r, chosen_tokens, rejected_tokens)]
     types = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type
-    step = cfg.batch_size if any(x in BATCH_LEVEL for x in types) else max(len(t[0]), 1)
-    parts = [dpo_loss(*(x[s:s + step] for x in t[:4]), **loss_settings(cfg), chosen_tokens=t[4][s:s + step],
-                      rejected_tokens=t[5][s:s + step]) for s in range(0, len(t[0]), step)] or [dpo_loss(*t[:4], **loss_settings(cfg),
-                      chosen_tokens=t[4], rejected_tokens=t[5])]
-    return tuple(torch.cat([p[k] for p in parts]).numpy() for k in range(3))
+    step = cfg.batch_size if any(x in BATCH_LEVEL for x in types) else max(n, 1)
+    one = lambda s, e: dpo_loss(*(x[s:e] for x in t[:4]), **loss_settings(cfg), chosen_tokens=t[4][s:e], rejected_tokens=t[5][s:e],
+                                pair_weights=None if pw is None else pw[s:e])
+    parts = [one(s, s + step) for s in range(0, n, step)] or [one(0, 0)]
+    return tuple(torch.cat([p[k] for p in parts]).numpy() for k in range(3)) + (np.arange(n) // step,)
 
 
 def evaluate(self) -> dict:
     "Score every eval pair with the current policy; log per-pair records and `eval/` metrics at the current step."
     if self.eval_data is None: return {}
     rows = list(range(len(self.eval_data)))
-    pol = self._score_rows(self.model, self.eval_data, rows, router_aux=self.aux_coef != 0)
+    pol = self._score_rows(self.model, self.eval_data, rows, router_aux=self.aux_coef != 0, wpo=self.config.use_weighting)
     if self.ref_mode == "precomputed": ref = self.ref_logps["eval"]
     else:
         if "eval" not in self.ref_logps:  # the reference is frozen: score it once
             with self._reference() as m: r = self._score_rows(m, self.eval_data, rows)
             self.ref_logps["eval"] = np.stack([r["chosen_logps"], r["rejected_logps"]], 1)
         ref = self.ref_logps["eval"]
-    losses, r_c, r_r = _pair_metrics(pol["chosen_logps"], pol["rejected_logps"], ref[:, 0], ref[:, 1], self.config,
-                                     pol["chosen_tokens"], pol["rejected_tokens"])
+    losses, r_c, r_r, loss_batch = _pair_metrics(pol["chosen_logps"], pol["rejected_logps"], ref[:, 0], ref[:, 1], self.config,
+                                                 pol["chosen_tokens"], pol["rejected_tokens"], pol.get("wpo_weight"))
     margin = r_c - r_r
     metrics = {"loss": float(losses.mean()), "rewards/chosen": float(r_c.mean()), "rewards/rejected": float(r_r.mean()),
                "rewards/margins": float(margin.mean()), "rewards/accuracies": float((margin > 0).mean()),
@@ -885,7 +898,8 @@ def evaluate(self) -> dict:
         self.history.log_pairs(self.step, "eval", np.asarray(self.eval_data["pair_id"]), chosen_logps=pol["chosen_logps"],
                                rejected_logps=pol["rejected_logps"], ref_chosen_logps=ref[:, 0], ref_rejected_logps=ref[:, 1],
                                chosen_reward=r_c, rejected_reward=r_r, margin=margin,
-                               grad_weight=gradient_weight(torch.as_tensor(r_c), torch.as_tensor(r_r)).numpy(), loss=losses)
+                               grad_weight=gradient_weight(torch.as_tensor(r_c), torch.as_tensor(r_r)).numpy(), loss=losses,
+                               loss_batch=loss_batch, wpo_weight=pol.get("wpo_weight"))
         self.history.log_eval(self.step, **metrics)
     for cb in self.callbacks:
         if hasattr(cb, "on_evaluate"): cb.on_evaluate(self, metrics)

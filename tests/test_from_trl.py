@@ -36,13 +36,13 @@ SET = dict(beta=0.3, loss_type=["robust", "hinge"], loss_weights=[0.8, 1.0], lab
            gradient_accumulation_steps=2, max_steps=100, num_train_epochs=2.0, max_length=256, max_grad_norm=0.5,
            precompute_ref_log_probs=False, precompute_ref_batch_size=32, disable_tqdm=True, lr_scheduler_type="cosine",
            warmup_steps=10, eval_strategy="steps", eval_steps=25, bf16=False, fp16=False, sync_ref_model=True,
-           ref_model_mixup_alpha=0.3, ref_model_sync_steps=16, ld_alpha=0.4)
+           ref_model_mixup_alpha=0.3, ref_model_sync_steps=16, ld_alpha=0.4, use_weighting=True)
 EXPECTED = dict(beta=0.3, loss_type=["robust", "hinge"], loss_weights=[0.8, 1.0], label_smoothing=0.1,
                 f_divergence_type="js_divergence", f_alpha_divergence_coef=0.7, discopop_tau=0.1, learning_rate=5e-7,
                 weight_decay=0.01, seed=7, disable_dropout=False, router_aux_loss_coef=0.01, batch_size=4, grad_accum_steps=2,
                 max_steps=100, epochs=2.0, max_length=256, max_grad_norm=0.5, precompute_ref=False, ref_batch_size=32,
                 progress=False, lr_schedule="cosine", warmup_ratio=0.1, eval_every=25, mixed_precision="no", sync_ref_model=True,
-                ref_model_mixup_alpha=0.3, ref_model_sync_steps=16, ld_alpha=0.4)
+                ref_model_mixup_alpha=0.3, ref_model_sync_steps=16, ld_alpha=0.4, use_weighting=True)
 
 
 @pytest.mark.parametrize("as_instance", [False, True])
@@ -52,7 +52,7 @@ def test_every_counterpart_maps_over(tmp_path, as_instance):
     assert {k: getattr(ours, k) for k in EXPECTED} == EXPECTED
 
 
-@pytest.mark.parametrize("field,value", [("use_weighting", True), ("padding_free", True),
+@pytest.mark.parametrize("field,value", [("use_liger_kernel", True), ("padding_free", True),
                                          ("optim", "sgd"), ("adam_beta2", 0.95), ("neftune_noise_alpha", 5.0),
                                          ("pad_to_multiple_of", 8), ("train_sampling_strategy", "sequential")])
 def test_settings_without_a_counterpart_are_refused_by_name(field, value):
@@ -101,6 +101,6 @@ def test_the_cli_reads_a_trl_yaml(tmp_path, capsys):
                      "--eval-fraction", "0", "--beta", "0.3", "--progress", "false"]) == 0
     cfg = History.load(out / "history").meta["config"]
     assert (cfg["loss_type"], cfg["learning_rate"], cfg["batch_size"], cfg["max_steps"], cfg["beta"]) == (["sigmoid", "sft"], 1e-3, 2, 2, 0.3)
-    (tmp_path / "bad.yaml").write_text("beta: 0.2\nuse_weighting: true\n")
+    (tmp_path / "bad.yaml").write_text("beta: 0.2\nuse_liger_kernel: true\n")
     assert main(["train", "--model", str(model), "--data", str(data), "--trl-config", str(tmp_path / "bad.yaml")]) == 2
-    assert "['use_weighting']" in capsys.readouterr().err
+    assert "['use_liger_kernel']" in capsys.readouterr().err
