@@ -398,14 +398,14 @@ def as_run(source, **run_kwargs) -> Run:
 def _tokens_of(tokenizer, ids) -> list:
     return [tokenizer.decode([int(i)]) for i in ids]
 
-def _eval_logps(model, batch):
-    "response_logps of `batch` under `model` in eval mode (dropout off), on CPU as float"
+def _eval_logps(model, batch, sum_sq: bool = False):
+    "response_logps of `batch` under `model` in eval mode (dropout off), on CPU as float (with log Σ p² per token if `sum_sq`)"
     import torch
     from dpo_nb.logps import response_logps
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(): out = response_logps(model, batch)
+        with torch.no_grad(): out = response_logps(model, batch, sum_sq=sum_sq)
     finally: model.train(was)
     return {k: v.detach().float().cpu() for k, v in out.items()}
 
@@ -417,13 +417,15 @@ def token_records(batch: dict, pol: dict, ref: dict | None, tokenizer, step: int
         ids = batch[f"{side}_input_ids"][0].tolist()
         att, resp = batch[f"{side}_attention_mask"][0].numpy(), batch[f"{side}_response_mask"][0].numpy()
         lp = pol[f"{side}_token_logps"][0].numpy().astype(float)
+        sq = pol[f"{side}_token_log_sum_sq"][0].numpy().astype(float) if f"{side}_token_log_sum_sq" in pol else np.full(len(ids), np.nan)
         rlp = ref[f"{side}_token_logps"][0].numpy().astype(float) if ref is not None else np.full(len(ids), np.nan)
         keep = np.ones(len(ids), bool) if side == "chosen" else resp.astype(bool) | (att == 0)  # the prompt once
         sides = np.where(resp == 1, side, np.where(att == 1, "prompt", side))
         scored = resp == 1
         frames.append(pd.DataFrame(dict(step=step, pair_id=pid, side=sides, position=np.arange(len(ids)), token_id=ids,
                                         token=_tokens_of(tokenizer, ids), attention=att, scored=scored.astype(int),
-                                        logp=np.where(scored, lp, np.nan), ref_logp=np.where(scored, rlp, np.nan)))[keep])
+                                        logp=np.where(scored, lp, np.nan), ref_logp=np.where(scored, rlp, np.nan),
+                                        log_sum_sq=np.where(scored, sq, np.nan)))[keep])
     t = pd.concat(frames, ignore_index=True)
     return t.assign(log_ratio=t["logp"] - t["ref_logp"])
 
@@ -432,7 +434,7 @@ def _score_row(self: Run, row: dict) -> pd.DataFrame:
     from dpo_nb.data import PairCollator
     if not self.can_score: raise RuntimeError("scoring needs a policy and its tokenizer: attach a trainer, or pass model= and tokenizer=")
     batch = PairCollator(self.tokenizer)([row])
-    pol = _eval_logps(self.model, batch)
+    pol = _eval_logps(self.model, batch, sum_sq=True)  # (log Σ p²: the policy's WPO weight of the pair)
     with self.reference() as ref: refo = _eval_logps(ref, batch) if ref is not None else None
     return token_records(batch, pol, refo, self.tokenizer, self.step)
 
@@ -1212,11 +1214,20 @@ class MarginExplorer(WidgetApp):
 # %% ../nbs/06_widgets.ipynb #9c917497
 _LOGP_COLS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
+def _loss_groups(p: pd.DataFrame, loss_type) -> list:
+    "Row positions of each batch a batch-level loss (aot, sft, orpo) was computed over, as recorded; one batch for the others"
+    from dpo_nb.loss import BATCH_LEVEL
+    if not any(t in BATCH_LEVEL for t in ([loss_type] if isinstance(loss_type, str) else loss_type)): return [np.arange(len(p))]
+    keys = [c for c in ("split", "step", "loss_batch") if c in p.columns]  # (a run saved before loss_batch: a step's pairs are one batch)
+    if not keys or not len(p): return [np.arange(len(p))]
+    return list(p.reset_index(drop=True).groupby(keys, dropna=False, sort=False).indices.values())
+
 def replay_losses(pairs: pd.DataFrame,        # rows with pair_id and the four log-probs (e.g. a History's `latest(split)`)
                   beta: float,                # β to score them under
                   loss_type: str = "sigmoid", # one of `LOSS_TYPES`
                   label_smoothing: float = 0.0, # ε
                   token_counts: pd.DataFrame | None = None, # pair_id, chosen_tokens, rejected_tokens (for the NEEDS_TOKENS types)
+                  use_weighting: bool = False, # WPO: each pair's loss times the weight the run recorded for it (`wpo_weight`)
                   **options                   # the other `dpo_loss` settings: loss_weights, f_divergence_type, discopop_tau, ...
                  ) -> pd.DataFrame:
     "Per-pair loss, rewards, margin and gradient weights under another beta / loss type, from cached log-probs"
@@ -1230,15 +1241,25 @@ def replay_losses(pairs: pd.DataFrame,        # rows with pair_id and the four l
                              "tokenized pairs (attach a trainer, or pass data=)")
         p = p.drop(columns=[c for c in ("chosen_tokens", "rejected_tokens") if c in p.columns]).merge(token_counts, on="pair_id", how="inner")
         kw = {k: torch.tensor(p[k].to_numpy(float), dtype=torch.float64) for k in ("chosen_tokens", "rejected_tokens")}
+    if use_weighting:
+        if "wpo_weight" not in p.columns or p["wpo_weight"].isna().any():
+            raise ValueError("use_weighting (WPO) weights each pair by the policy's probability of it, recorded as `wpo_weight` "
+                             "by a run trained with use_weighting=True; these scorings have none")
+        kw["pair_weights"] = torch.tensor(p["wpo_weight"].to_numpy(float), dtype=torch.float64)
     t = {c: torch.tensor(p[c].to_numpy(float), dtype=torch.float64) for c in _LOGP_COLS}
     pc, pr = t["chosen_logps"].clone().requires_grad_(True), t["rejected_logps"].clone().requires_grad_(True)
-    losses, rc, rr = dpo_loss(pc, pr, t["ref_chosen_logps"], t["ref_rejected_logps"], beta=beta, loss_type=loss_type,
-                              label_smoothing=label_smoothing, **kw, **options)
-    if len(p): losses.sum().backward()
+    losses, total = np.zeros(len(p)), 0.0
+    for idx in _loss_groups(p, loss_type):  # (a batch-level loss: each recorded batch on its own, as it trained)
+        i = torch.as_tensor(idx, dtype=torch.long)
+        l, _, _ = dpo_loss(pc[i], pr[i], t["ref_chosen_logps"][i], t["ref_rejected_logps"][i], beta=beta, loss_type=loss_type,
+                           label_smoothing=label_smoothing, **{k: v[i] for k, v in kw.items()}, **options)
+        losses[idx], total = l.detach().numpy(), total + l.sum()
+    if len(p): total.backward()
     grad = lambda x: x.grad.numpy() if x.grad is not None else np.zeros(len(p))
     hw = (t["chosen_logps"] - t["ref_chosen_logps"]).numpy(); hl = (t["rejected_logps"] - t["ref_rejected_logps"]).numpy()
-    out = pd.DataFrame({"pair_id": p["pair_id"].to_numpy(), "log_ratio_diff": hw - hl, "chosen_reward": rc.numpy(),
-                        "rejected_reward": rr.numpy(), "margin": (rc - rr).numpy(), "loss": losses.detach().numpy(),
+    rc, rr = beta * hw, beta * hl
+    out = pd.DataFrame({"pair_id": p["pair_id"].to_numpy(), "log_ratio_diff": hw - hl, "chosen_reward": rc,
+                        "rejected_reward": rr, "margin": rc - rr, "loss": losses,
                         "weight_chosen": -grad(pc) / beta, "weight_rejected": grad(pr) / beta})
     if "step" in p.columns: out.insert(1, "step", p["step"].to_numpy())
     return out
@@ -1279,7 +1300,8 @@ def loss_name(loss_type) -> str:
     "A loss type, or a mix of them, as one label: 'sigmoid', 'sigmoid+sft'"
     return loss_type if isinstance(loss_type, str) else "+".join(loss_type)
 
-_OPTIONS = ("loss_weights", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau", "simpo_gamma", "dpop_lambda")
+_OPTIONS = ("loss_weights", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau", "simpo_gamma", "dpop_lambda",
+            "use_weighting")
 
 def loss_options(cfg: dict, loss_type) -> dict:
     "The run's other `dpo_loss` settings that apply to `loss_type`: a mix keeps its weights, a single type drops them"
@@ -1288,6 +1310,8 @@ def loss_options(cfg: dict, loss_type) -> dict:
     if out.get("f_divergence_type", "reverse_kl") != "reverse_kl":
         from dpo_nb.loss import _ON_SCORES
         if not set([loss_type] if isinstance(loss_type, str) else loss_type) <= {*_ON_SCORES, "sft"}: out.pop("f_divergence_type")
+    if not out.get("use_weighting") or set([loss_type] if isinstance(loss_type, str) else loss_type) & {"aot", "aot_unpaired"}:
+        out.pop("use_weighting", None)  # (WPO's weights: the run's, where the loss type takes them)
     return out
 
 _SMOOTHING_MIN = {"sigmoid": 0.0, "robust": 0.0, "exo_pair": 0.01, "aot": 0.0, "aot_unpaired": 0.0}  # loss types that take label smoothing (02_loss), and its least value here
@@ -1435,6 +1459,7 @@ class WhatIf(WidgetApp):
             side = sc[sc["side"].to_numpy() == s]
             res[f"{s}_logps"], res[f"ref_{s}_logps"] = float(side["logp"].sum()), float(side["ref_logp"].sum(min_count=1))
             res[f"{s}_tokens"] = len(side)
+            res[f"{s}_wpo"] = float(np.exp((side["logp"] - side["log_sum_sq"]).mean())) if len(side) else float("nan")
         if not np.isfinite(res["ref_chosen_logps"]) and self.original and texts == self.texts_of(self.original):
             ref = self._recorded_ref()
             if ref: res["ref_chosen_logps"], res["ref_rejected_logps"], res["ref_source"] = *ref, "cached by the run (summed only)"
@@ -1449,7 +1474,8 @@ class WhatIf(WidgetApp):
         for k in ("chosen_reward", "rejected_reward", "margin", "weight_chosen", "weight_rejected", "loss"): res[k] = float("nan")
         res["settings"], res["error"] = self.settings, None
         if not all(np.isfinite(res[c]) for c in _LOGP_COLS): return res
-        df = pd.DataFrame([{"pair_id": 0, **{c: res[c] for c in _LOGP_COLS}}])
+        df = pd.DataFrame([{"pair_id": 0, **{c: res[c] for c in _LOGP_COLS},
+                            "wpo_weight": res.get("chosen_wpo", np.nan) * res.get("rejected_wpo", np.nan)}])  # (WPO: the policy's, now)
         counts = pd.DataFrame([{"pair_id": 0, "chosen_tokens": res["chosen_tokens"], "rejected_tokens": res["rejected_tokens"]}])
         try: r = replay_losses(df, token_counts=counts, **self.settings).iloc[0]
         except ValueError as e: res["error"] = str(e); return res
@@ -1559,14 +1585,14 @@ class WhatIf(WidgetApp):
                        label_smoothing=float(cfg["label_smoothing"]))
         lab = lambda d, who: f"{who}: {loss_name(d['loss_type'])}, β={d['beta']:.3g}" + (f", ε={d['label_smoothing']:g}" if d["label_smoothing"] else "")
         run_label, new_label = lab(run_set, "run"), lab(s, "replay")
-        try: new = replay_losses(rows, token_counts=counts, **s)
+        try: new = self._replay(rows, split, step, counts, s)
         except ValueError as e:
             self.replayed = None
             self.set_html("replay_summary", f'<div class="dpo-replay" data-pairs="0" style="color:#a60">{html.escape(str(e))}</div>')
             self.set_figure("replay", empty_figure("Replay over cached log-probs", html.escape(str(e))))
             return self
         try:
-            old = replay_losses(rows, token_counts=counts, **run_set)[["pair_id", "margin", "loss", "weight_chosen", "weight_rejected"]]
+            old = self._replay(rows, split, step, counts, run_set)[["pair_id", "margin", "loss", "weight_chosen", "weight_rejected"]]
             new = new.merge(old.rename(columns=lambda c: c if c == "pair_id" else f"{c}_run"), on="pair_id", how="left")
         except ValueError: pass
         self.replayed = new
@@ -1575,6 +1601,17 @@ class WhatIf(WidgetApp):
         self.set_html("replay_summary", self._replay_html(new, run_label, new_label, split, step) if len(new) else
                       f'<div class="dpo-replay" data-pairs="0" style="color:#a60">{html.escape(why, False)}</div>')
         return self
+
+    def _replay(self, rows, split, step, counts, settings) -> pd.DataFrame:
+        "`replay_losses` of `rows`; for the latest scorings and a batch-level loss, over the whole recorded batch of each"
+        from dpo_nb.loss import BATCH_LEVEL
+        lt, p = settings["loss_type"], self.run.history.pairs
+        if step != -1 or "loss_batch" not in p.columns or not set([lt] if isinstance(lt, str) else lt) & set(BATCH_LEVEL):
+            return replay_losses(rows, token_counts=counts, **settings)
+        mine = p[p["split"].to_numpy() == split]  # each latest scoring's batch-mates, scored at the same step in the same batch
+        whole = mine.merge(rows[["step", "loss_batch"]].drop_duplicates(), on=["step", "loss_batch"])
+        out = replay_losses(whole, token_counts=counts, **settings)
+        return out.merge(rows[["pair_id", "step"]], on=["pair_id", "step"])
 
     def _why_no_replay(self, rows, split, step) -> str:
         "Why there is nothing to replay"

@@ -1,0 +1,109 @@
+"""WPO's weights and the batch-level losses in a training run: what is recorded per pair, and that the what-if replay of a
+run reproduces each recorded loss (WPO's recorded weights, the NLL term and AOT's sort over each recorded micro-batch)."""
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import vs_trl  # noqa: E402
+
+from dpo_nb.data import PairCollator
+from dpo_nb.logps import response_logps
+from dpo_nb.loss import dpo_loss, wpo_pair_weights
+from dpo_nb.train import ConfigError, DPOConfig, DPOTrainer
+from dpo_nb.widgets import WhatIf, replay_losses
+
+
+def model():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+
+
+def trainer(steps=3, held_out=8, **cfg):
+    tok, _, data, _ = vs_trl.setup(dict(vocab=256, prompt=16, response=12), 4, 7)
+    split = data.train_test_split(test_size=held_out, shuffle=False)
+    c = DPOConfig(**{**dict(batch_size=4, max_steps=steps, learning_rate=1e-3, device="cpu", progress=False, max_length=None,
+                            max_prompt_length=None, ref_cache=False), **cfg})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DPOTrainer(model(), tok, split["train"], c, eval_data=split["test"])
+
+
+def loss_args(rows, **kw):
+    t = lambda c: torch.tensor(rows[c].to_numpy(float), dtype=torch.float64)
+    return (t("chosen_logps"), t("rejected_logps"), t("ref_chosen_logps"), t("ref_rejected_logps")), kw
+
+
+def test_wpo_weights_are_recorded_applied_and_replayed():
+    t = trainer(use_weighting=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit()
+    p = t.history.pairs
+    for split in ("train", "eval"):
+        rows = p[p["split"] == split]
+        w = rows["wpo_weight"].to_numpy()
+        assert np.isfinite(w).all() and (w > 0).all() and w.std() > 0
+        plain = dpo_loss(*loss_args(rows)[0], 0.1)[0].numpy()
+        np.testing.assert_allclose(rows["loss"].to_numpy(), plain * w, rtol=1e-5)   # each pair's loss, times its weight
+        again = replay_losses(rows, beta=0.1, use_weighting=True)                   # the replay reproduces it from the record
+        np.testing.assert_allclose(again["loss"].to_numpy(), rows["loss"].to_numpy(), rtol=1e-5)
+    # the eval weights are the final policy's, from its own per-token log-probs and log Σ p²
+    last = p[(p["split"] == "eval") & (p["step"] == p["step"].max())]
+    batch = PairCollator(t.tokenizer)([t.eval_data[i] for i in range(len(t.eval_data))])
+    with torch.no_grad():
+        want = wpo_pair_weights(response_logps(t.model.eval(), batch, sum_sq=True)).numpy()
+    np.testing.assert_allclose(last["wpo_weight"].to_numpy(), want, rtol=1e-4)
+    # a replay asking for weights the scorings do not have says so
+    with pytest.raises(ValueError, match="use_weighting .* these scorings have none"):
+        replay_losses(p.drop(columns="wpo_weight"), beta=0.1, use_weighting=True)
+    w = WhatIf(t, split="eval")  # the what-if view replays the run's own settings, weights included
+    assert w.settings["use_weighting"] is True
+    np.testing.assert_allclose(w.replayed["loss"].to_numpy(), w.replayed["loss_run"].to_numpy(), rtol=1e-6)
+    assert "use_weighting" not in WhatIf(t, split="eval", loss_type="aot").settings  # (AOT sorts pairs: no weights)
+
+
+def test_wpo_is_refused_with_aot_and_ported_from_trl():
+    for lt in ("aot", "aot_unpaired", ["sigmoid", "aot"]):
+        with pytest.raises(ConfigError, match="use_weighting=True with loss_type"):
+            DPOConfig(loss_type=lt, use_weighting=True)
+    assert DPOConfig.from_trl(dict(use_weighting=True)).use_weighting is True
+
+
+@pytest.mark.parametrize("loss_type", [["sigmoid", "sft"], "aot", "orpo"])
+def test_batch_level_losses_are_replayed_over_each_recorded_micro_batch(loss_type):
+    # 16 training pairs, 8 a step: step 3 starts the second epoch, so the latest scorings come from several steps' batches
+    t = trainer(steps=3, held_out=16, loss_type=loss_type, grad_accum_steps=2, learning_rate=2e-2, lr_schedule="constant",
+                warmup_ratio=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3): t.train_step()
+    p = t.history.pairs
+    p = p[p["split"] == "train"]
+    assert sorted(set(p["loss_batch"])) == [0, 1]  # two micro-batches of 4 per step
+    counts = t_counts(t)
+    got = replay_losses(p, beta=0.1, loss_type=loss_type, token_counts=counts)
+    np.testing.assert_allclose(got["loss"].to_numpy(), p["loss"].to_numpy(), rtol=1e-5, atol=1e-7)
+    # scored as one batch of 8 (what the replay did before it knew the micro-batches), the losses are other losses
+    late = p[p["step"] > 1]  # (at step 1 the policy is the reference: every AOT margin is 0, sorted or not)
+    one = replay_losses(late.drop(columns="loss_batch"), beta=0.1, loss_type=loss_type, token_counts=counts)
+    assert np.abs(one["loss"].to_numpy() - late["loss"].to_numpy()).max() > 1e-4
+    # the what-if view's latest scorings: each replayed with its batch-mates of that step, so each is the loss it trained with
+    latest = t.history.latest("train")
+    assert latest["step"].nunique() > 1 and len(latest) < len(p)
+    w = WhatIf(t, split="train").replayed.merge(latest[["pair_id", "loss"]].rename(columns={"loss": "recorded"}), on="pair_id")
+    assert len(w) == len(latest)
+    np.testing.assert_allclose(w["loss"].to_numpy(), w["recorded"].to_numpy(), rtol=1e-5, atol=1e-7)
+
+
+def t_counts(t):
+    import pandas as pd
+    d = t.train_data
+    return pd.DataFrame(dict(pair_id=d["pair_id"], chosen_tokens=[len(x) for x in d["chosen_ids"]],
+                             rejected_tokens=[len(x) for x in d["rejected_ids"]]))
