@@ -25,7 +25,7 @@ DEFINITIONS = {
     "log-ratio": "log pi(y|x) - log pi_ref(y|x) of one response or token (nats); not a KL: it is measured on preference data, not on policy samples",
     "likelihood displacement": "a pair whose chosen log-prob fell while its margin rose, between its first and latest scoring",
     "loss batch": "loss_batch: which of a step's micro-batches (per process) a pair's loss was computed in; batch-level losses (aot, sft, orpo) depend on the whole batch",
-    "WPO weight": "wpo_weight: exp of the mean over each response's tokens of log pi(y_t) - log sum_v pi(v)^2, chosen times rejected; a use_weighting run's loss of a pair is its loss times this",
+    "WPO weight": "wpo_weight: exp of the mean over each response's tokens of log pi(y_t) - log sum_v pi(v)^2, chosen times rejected; a use_weighting run's loss of a pair is its loss times this (the NLL term of sft and orpo: times the batch's mean weight)",
 }
 
 KL_METHODS = {

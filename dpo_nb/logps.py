@@ -226,8 +226,9 @@ def sequence_logps(model,  # any transformers causal LM (or a peft model around 
         aux = router_aux_loss(model, out.router_logits, attention_mask) if router_aux else None
     else:  # the plain path: full logits from the model's own forward
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
-        tok_logps = chunked_target_logps_from_logits(out.logits[rows, cols], targets, chunk_size)
-        sq = log_sum_sq_probs(model, logits=out.logits[rows, cols], chunk_size=chunk_size) if sum_sq else None
+        z = out.logits[rows, cols]
+        tok_logps = chunked_target_logps_from_logits(z, targets, chunk_size)
+        sq = log_sum_sq_probs(model, logits=z, chunk_size=chunk_size) if sum_sq else None
         aux = out.aux_loss if router_aux else None
     place = lambda v: torch.zeros(input_ids.shape, dtype=torch.float32, device=dev).index_put((rows, cols + 1), v.to(dev))
     per_token = place(tok_logps)  # (index_put out of place, so autograd flows through it)

@@ -1119,7 +1119,7 @@ def _load_policy(folder, how: dict | None):
 # %% ../nbs/03_train.ipynb #df12af1f
 _STATE = "trainer_state.pt"
 _RESUME_FIXED = ("batch_size", "grad_accum_steps", "seed", "group_by_length", "max_length", "max_prompt_length",
-                 "ld_alpha")  # (ld_alpha: the saved reference log-probs are its sums)
+                 "ld_alpha", "use_weighting")  # (ld_alpha: the saved reference log-probs are its sums; use_weighting: the recorded losses)
 _STATE_KEYS = ("step", "nonfinite_skipped", "total_steps", "optimizer", "scheduler", "ref_mode", "ref_logps", "probe_ref", "rng")
 
 

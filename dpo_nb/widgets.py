@@ -1262,6 +1262,7 @@ def replay_losses(pairs: pd.DataFrame,        # rows with pair_id and the four l
                         "rejected_reward": rr, "margin": rc - rr, "loss": losses,
                         "weight_chosen": -grad(pc) / beta, "weight_rejected": grad(pr) / beta})
     if "step" in p.columns: out.insert(1, "step", p["step"].to_numpy())
+    if "loss_batch" in p.columns: out.insert(2, "loss_batch", p["loss_batch"].to_numpy())  # (a pair trained twice in a step: two rows)
     return out
 
 # %% ../nbs/06_widgets.ipynb #fba309ea
@@ -1313,6 +1314,10 @@ def loss_options(cfg: dict, loss_type) -> dict:
     if not out.get("use_weighting") or set([loss_type] if isinstance(loss_type, str) else loss_type) & {"aot", "aot_unpaired"}:
         out.pop("use_weighting", None)  # (WPO's weights: the run's, where the loss type takes them)
     return out
+
+_ROW_KEYS = ("pair_id", "step", "loss_batch")  # one scoring of one pair in the History's pairs table
+_OLD_BATCHES = ("this run's History predates loss batches: a batch-level loss (aot, sft, orpo) is replayed over each step's pairs "
+                "as one batch, which is how it trained only with one micro-batch per step on one process")
 
 _SMOOTHING_MIN = {"sigmoid": 0.0, "robust": 0.0, "exo_pair": 0.01, "aot": 0.0, "aot_unpaired": 0.0}  # loss types that take label smoothing (02_loss), and its least value here
 
@@ -1578,6 +1583,7 @@ class WhatIf(WidgetApp):
     def replay(self):
         "Score the split's cached log-probs under the current settings, beside the run's own settings"
         h, split, step = self.run.history, self.split_w.value, self.step_w.value
+        self._replay_note = ""
         p = h.pairs
         rows = h.latest(split) if step == -1 else p[(p["split"].to_numpy() == split) & (p["step"].to_numpy() == step)]
         counts, cfg, s = self.run.token_counts(split), self.run.config, self.settings
@@ -1592,8 +1598,10 @@ class WhatIf(WidgetApp):
             self.set_figure("replay", empty_figure("Replay over cached log-probs", html.escape(str(e))))
             return self
         try:
-            old = self._replay(rows, split, step, counts, run_set)[["pair_id", "margin", "loss", "weight_chosen", "weight_rejected"]]
-            new = new.merge(old.rename(columns=lambda c: c if c == "pair_id" else f"{c}_run"), on="pair_id", how="left")
+            old = self._replay(rows, split, step, counts, run_set)
+            keys = [c for c in _ROW_KEYS if c in new.columns and c in old.columns]  # one scoring of one pair
+            old = old[keys + ["margin", "loss", "weight_chosen", "weight_rejected"]]
+            new = new.merge(old.rename(columns=lambda c: c if c in keys else f"{c}_run"), on=keys, how="left")
         except ValueError: pass
         self.replayed = new
         why = self._why_no_replay(rows, split, step) if not len(new) else ""
@@ -1606,12 +1614,13 @@ class WhatIf(WidgetApp):
         "`replay_losses` of `rows`; for the latest scorings and a batch-level loss, over the whole recorded batch of each"
         from dpo_nb.loss import BATCH_LEVEL
         lt, p = settings["loss_type"], self.run.history.pairs
-        if step != -1 or "loss_batch" not in p.columns or not set([lt] if isinstance(lt, str) else lt) & set(BATCH_LEVEL):
-            return replay_losses(rows, token_counts=counts, **settings)
+        batch_level = bool(set([lt] if isinstance(lt, str) else lt) & set(BATCH_LEVEL))
+        if batch_level and "loss_batch" not in p.columns: self._replay_note = _OLD_BATCHES
+        if step != -1 or "loss_batch" not in p.columns or not batch_level: return replay_losses(rows, token_counts=counts, **settings)
         mine = p[p["split"].to_numpy() == split]  # each latest scoring's batch-mates, scored at the same step in the same batch
         whole = mine.merge(rows[["step", "loss_batch"]].drop_duplicates(), on=["step", "loss_batch"])
         out = replay_losses(whole, token_counts=counts, **settings)
-        return out.merge(rows[["pair_id", "step"]], on=["pair_id", "step"])
+        return out.merge(rows[list(_ROW_KEYS)].drop_duplicates(), on=list(_ROW_KEYS))
 
     def _why_no_replay(self, rows, split, step) -> str:
         "Why there is nothing to replay"
@@ -1642,4 +1651,5 @@ class WhatIf(WidgetApp):
                 f"{n} {split} pairs, {which}<table style=\"font-size:0.9em\"><tr><th></th><th>{html.escape(run_label)}</th>"
                 f"<th>{html.escape(new_label)}</th></tr>{rows}</table>{moved}"
                 f'<div style="{_CSS_MUTED}">the same log-probs under other settings: how the loss and the push on each pair would '
-                f"differ now, not how training would have gone</div></div>")
+                f"differ now, not how training would have gone</div>"
+                + (f'<div style="color:#a60">{html.escape(self._replay_note)}</div>' if self._replay_note else "") + "</div>")

@@ -107,3 +107,39 @@ def t_counts(t):
     d = t.train_data
     return pd.DataFrame(dict(pair_id=d["pair_id"], chosen_tokens=[len(x) for x in d["chosen_ids"]],
                              rejected_tokens=[len(x) for x in d["rejected_ids"]]))
+
+
+def test_replay_keeps_a_pair_trained_twice_in_one_step_apart():
+    # 22 pairs, 4 a micro-batch, 2 micro-batches a step: 5 batches an epoch, so step 3 ends one epoch and starts the next, and a
+    # pair can be in both of its micro-batches
+    t = trainer(steps=4, held_out=10, loss_type=["sigmoid", "sft"], use_weighting=True, grad_accum_steps=2, learning_rate=2e-2,
+                lr_schedule="constant", warmup_ratio=0.0)
+    assert len(t.train_data) == 22
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(4): t.train_step()
+    p = t.history.pairs
+    p = p[p["split"] == "train"]
+    counts = t_counts(t)
+    for step in (-1, 3):
+        w = WhatIf(t, split="train")
+        w.step_w.value = step
+        rows = t.history.latest("train") if step == -1 else p[p["step"] == step]
+        got = w.replayed.merge(rows[["pair_id", "step", "loss_batch", "loss"]].rename(columns={"loss": "recorded"}),
+                               on=["pair_id", "step", "loss_batch"])
+        assert len(w.replayed) == len(rows) == len(got)   # one row per scoring: none lost, none doubled
+        np.testing.assert_allclose(got["loss"].to_numpy(), got["recorded"].to_numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got["loss"].to_numpy(), got["loss_run"].to_numpy(), rtol=1e-6)
+    assert p.groupby("step")["pair_id"].apply(lambda s: s.duplicated().any()).any()  # (the case is there: a pair twice in a step)
+
+
+def test_a_history_without_loss_batches_is_replayed_by_step_and_says_so():
+    t = trainer(steps=2, loss_type=["sigmoid", "sft"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(2): t.train_step()
+    t.history._pairs = [{k: v for k, v in ch.items() if k != "loss_batch"} for ch in t.history._pairs]  # as saved before loss_batch
+    t.history._touch("pairs")
+    w = WhatIf(t, split="train")
+    assert "predates loss batches" in w.html["replay_summary"]
+    np.testing.assert_allclose(w.replayed["loss"].to_numpy(), w.replayed["loss_run"].to_numpy(), rtol=1e-6)
