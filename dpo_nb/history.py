@@ -21,7 +21,7 @@ DEFINITIONS = {
     "implicit reward": "r = beta * (log pi(y|x) - log pi_ref(y|x)), log-probs summed over response tokens (nats)",
     "margin": "margin = r_chosen - r_rejected (nats)",
     "reward accuracy": "share of pairs with margin > 0",
-    "gradient weight": "sigmoid(r_rejected - r_chosen): how hard the sigmoid DPO loss pushes on a pair (1 = fully, 0 = done)",
+    "gradient weight": "grad_weight = (weight_chosen + weight_rejected) / 2, the run's loss's pulls on a pair: weight_chosen = -(1/beta) dL/dlog pi(y_w), weight_rejected = (1/beta) dL/dlog pi(y_l); for the sigmoid DPO loss sigmoid(r_rejected - r_chosen) on both sides (1 = pushed fully, 0 = done); where a run recorded no pulls, the sigmoid's",
     "log-ratio": "log pi(y|x) - log pi_ref(y|x) of one response or token (nats); not a KL: it is measured on preference data, not on policy samples",
     "likelihood displacement": "a pair whose chosen log-prob fell while its margin rose, between its first and latest scoring",
     "loss batch": "loss_batch: which of a step's micro-batches (per process) a pair's loss was computed in; batch-level losses (aot, sft, orpo) depend on the whole batch",
@@ -39,7 +39,7 @@ STEP_COLUMNS = ("step", "epoch", "loss", "rewards/chosen", "rewards/rejected", "
 EVAL_COLUMNS = ("step", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected")
 PAIR_COLUMNS = ("step", "split", "pair_id", "chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
-                "chosen_reward", "rejected_reward", "margin", "grad_weight", "loss")
+                "chosen_reward", "rejected_reward", "margin", "grad_weight", "weight_chosen", "weight_rejected", "loss")
 TOKEN_COLUMNS = ("step", "pair_id", "side", "position", "token_id", "token", "logp", "ref_logp")
 KL_COLUMNS = ("step", "method", "value", "n", "note")
 TEXT_COLUMNS = ("pair_id", "split", "prompt", "chosen", "rejected")
@@ -183,7 +183,9 @@ def _derive(cols: dict, beta):
                 cols[f"{s}_reward"] = beta * (cols[f"{s}_logps"] - cols[f"ref_{s}_logps"])
     if "margin" not in cols and "chosen_reward" in cols and "rejected_reward" in cols:
         cols["margin"] = cols["chosen_reward"] - cols["rejected_reward"]
-    if "grad_weight" not in cols and "margin" in cols: cols["grad_weight"] = _sigmoid(-cols["margin"])
+    if "grad_weight" not in cols and "weight_chosen" in cols and "weight_rejected" in cols:  # the loss's own pulls
+        cols["grad_weight"] = (np.asarray(cols["weight_chosen"], float) + np.asarray(cols["weight_rejected"], float)) / 2
+    if "grad_weight" not in cols and "margin" in cols: cols["grad_weight"] = _sigmoid(-cols["margin"])  # (none recorded: the sigmoid's)
     return cols
 
 @patch

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['F_DIVERGENCES', 'LOSS_TYPES', 'LENGTH_NORMALISED', 'NEEDS_TOKENS', 'BATCH_LEVEL', 'dpo_loss', 'wpo_weight',
-           'wpo_pair_weights', 'gradient_weight']
+           'wpo_pair_weights', 'gradient_weight', 'gradient_weights']
 
 # %% ../nbs/02_loss.ipynb #cc5f71d9
 _LOSS_FNS = {}  # loss_type -> function(hw, hl, beta, eps, **pair) -> per-pair losses (pair: log-probs, token counts, options)
@@ -331,3 +331,18 @@ def gradient_weight(
         raise ValueError(f"shape mismatch: chosen_rewards {list(chosen_rewards.shape)}, "
                          f"rejected_rewards {list(rejected_rewards.shape)}")
     return torch.sigmoid(rejected_rewards - chosen_rewards)
+
+# %% ../nbs/02_loss.ipynb #58e39dc9
+def gradient_weights(
+    policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,  # [B] as for `dpo_loss`
+    ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+    **loss_kwargs,                   # beta, loss_type and the other `dpo_loss` settings (token counts, pair weights)
+) -> tuple:                          # (pull on the chosen, push on the rejected), each [B], detached
+    "Each pair's pulls under any loss: −(1/β) ∂L/∂log π(y_w) and (1/β) ∂L/∂log π(y_l), L the summed per-pair losses."
+    pc, pr = (t.detach().clone().requires_grad_(True) for t in (policy_chosen_logps, policy_rejected_logps))
+    with torch.enable_grad():
+        losses = dpo_loss(pc, pr, ref_chosen_logps.detach(), ref_rejected_logps.detach(), **loss_kwargs)[0]
+        gw, gl = torch.autograd.grad(losses.sum(), (pc, pr), allow_unused=True)  # (the NLL term alone leaves y_l unused)
+    beta = float(loss_kwargs.get("beta", 0.1))
+    zero = torch.zeros_like(pc)
+    return -(zero if gw is None else gw).detach() / beta, (zero if gl is None else gl).detach() / beta

@@ -21,7 +21,7 @@ import dpo_nb
 from .data import DataWarning, PairCollator, PreferenceDataError, _fmt_ids, _template_kwargs, data_report, tokenize_pairs
 from .history import CheckpointError, History, _why
 from .logps import model_device, response_logps, sequence_logps, token_kl
-from .loss import (BATCH_LEVEL, LOSS_TYPES, _check_label_smoothing, _check_options, _loss_types, dpo_loss, gradient_weight,
+from .loss import (BATCH_LEVEL, LOSS_TYPES, _check_label_smoothing, _check_options, _loss_types, dpo_loss, gradient_weights,
                          wpo_pair_weights)
 from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
                            load_adapter_state, pick_dtype, place, prepare_master_weights, process_device, reference_adapter,
@@ -783,8 +783,9 @@ def train_step(self) -> dict:
         ref_c, ref_r = (r.to(pol["chosen_logps"].device) for r in self._ref_for_batch(rows, batch))  # (a dispatched model's head may sit elsewhere)
         finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
         if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
-        losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, **loss_settings(cfg),
-                                   chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"], pair_weights=pw)
+        kw = dict(**loss_settings(cfg), chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"], pair_weights=pw)
+        losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, **kw)
+        w_c, w_r = gradient_weights(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, **kw)  # (02_loss)
         loss = losses.mean()
         if self.aux_coef: loss = loss + self.aux_coef * pol["aux_loss"].float()  # MoE: + c * load-balancing loss (TRL's rule)
         loss = loss / cfg.grad_accum_steps
@@ -795,6 +796,7 @@ def train_step(self) -> dict:
                           rejected_logps=pol["rejected_logps"].detach().float().cpu().numpy(),
                           ref_chosen_logps=ref_c.cpu().numpy(), ref_rejected_logps=ref_r.cpu().numpy(),
                           chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy(),
+                          weight_chosen=w_c.float().cpu().numpy(), weight_rejected=w_r.float().cpu().numpy(),
                           n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy(),
                           loss_batch=np.full(len(rows), j * self.world + self.rank),  # the pairs each loss was computed over
                           **({"wpo_weight": pw.float().cpu().numpy()} if pw is not None else {}),
@@ -834,8 +836,8 @@ def train_step(self) -> dict:
             self.history.log_pairs(self.step, "train", p["pair_id"], chosen_logps=p["chosen_logps"], rejected_logps=p["rejected_logps"],
                                    ref_chosen_logps=p["ref_chosen_logps"], ref_rejected_logps=p["ref_rejected_logps"],
                                    chosen_reward=p["chosen_reward"], rejected_reward=p["rejected_reward"], margin=margin,
-                                   grad_weight=gradient_weight(torch.as_tensor(p["chosen_reward"]), torch.as_tensor(p["rejected_reward"])).numpy(),
-                                   loss=p["losses"], loss_batch=p["loss_batch"], wpo_weight=p.get("wpo_weight"))
+                                   grad_weight=(p["weight_chosen"] + p["weight_rejected"]) / 2, weight_chosen=p["weight_chosen"],
+                                   weight_rejected=p["weight_rejected"], loss=p["losses"], loss_batch=p["loss_batch"], wpo_weight=p.get("wpo_weight"))
     return metrics
 
 
@@ -862,16 +864,18 @@ def _sync_reference(self: DPOTrainer):
 
 # %% ../nbs/03_train.ipynb #2312e769
 def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens, rejected_tokens, pair_weights=None):
-    "Per-pair losses and rewards of scored pairs, and each pair's loss batch: a batch-level loss (AOT's sort, the NLL token mean) in batches of `batch_size`."
+    "Per-pair losses, rewards, pulls (chosen, rejected) and loss batch of scored pairs: a batch-level loss (AOT's sort, the NLL token mean) in batches of `batch_size`."
     n = len(chosen_logps)
     pw = torch.as_tensor(pair_weights) if pair_weights is not None else None
     t = [torch.as_tensor(x) for x in (chosen_logps, rejected_logps, ref_c, ref_r, chosen_tokens, rejected_tokens)]
     types = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type
     step = cfg.batch_size if any(x in BATCH_LEVEL for x in types) else max(n, 1)
-    one = lambda s, e: dpo_loss(*(x[s:e] for x in t[:4]), **loss_settings(cfg), chosen_tokens=t[4][s:e], rejected_tokens=t[5][s:e],
-                                pair_weights=None if pw is None else pw[s:e])
+    def one(s, e):
+        x, kw = [x[s:e] for x in t[:4]], dict(**loss_settings(cfg), chosen_tokens=t[4][s:e], rejected_tokens=t[5][s:e],
+                                             pair_weights=None if pw is None else pw[s:e])
+        return dpo_loss(*x, **kw) + gradient_weights(*x, **kw)
     parts = [one(s, s + step) for s in range(0, n, step)] or [one(0, 0)]
-    return tuple(torch.cat([p[k] for p in parts]).numpy() for k in range(3)) + (np.arange(n) // step,)
+    return tuple(torch.cat([p[k] for p in parts]).numpy() for k in range(5)) + (np.arange(n) // step,)
 
 
 def evaluate(self) -> dict:
@@ -885,8 +889,8 @@ def evaluate(self) -> dict:
             with self._reference() as m: r = self._score_rows(m, self.eval_data, rows)
             self.ref_logps["eval"] = np.stack([r["chosen_logps"], r["rejected_logps"]], 1)
         ref = self.ref_logps["eval"]
-    losses, r_c, r_r, loss_batch = _pair_metrics(pol["chosen_logps"], pol["rejected_logps"], ref[:, 0], ref[:, 1], self.config,
-                                                 pol["chosen_tokens"], pol["rejected_tokens"], pol.get("wpo_weight"))
+    losses, r_c, r_r, w_c, w_r, loss_batch = _pair_metrics(pol["chosen_logps"], pol["rejected_logps"], ref[:, 0], ref[:, 1], self.config,
+                                                           pol["chosen_tokens"], pol["rejected_tokens"], pol.get("wpo_weight"))
     margin = r_c - r_r
     metrics = {"loss": float(losses.mean()), "rewards/chosen": float(r_c.mean()), "rewards/rejected": float(r_r.mean()),
                "rewards/margins": float(margin.mean()), "rewards/accuracies": float((margin > 0).mean()),
@@ -898,7 +902,7 @@ def evaluate(self) -> dict:
         self.history.log_pairs(self.step, "eval", np.asarray(self.eval_data["pair_id"]), chosen_logps=pol["chosen_logps"],
                                rejected_logps=pol["rejected_logps"], ref_chosen_logps=ref[:, 0], ref_rejected_logps=ref[:, 1],
                                chosen_reward=r_c, rejected_reward=r_r, margin=margin,
-                               grad_weight=gradient_weight(torch.as_tensor(r_c), torch.as_tensor(r_r)).numpy(), loss=losses,
+                               grad_weight=(w_c + w_r) / 2, weight_chosen=w_c, weight_rejected=w_r, loss=losses,
                                loss_batch=loss_batch, wpo_weight=pol.get("wpo_weight"))
         self.history.log_eval(self.step, **metrics)
     for cb in self.callbacks:

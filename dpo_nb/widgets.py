@@ -801,7 +801,7 @@ RANKINGS = {
     "largest margin gain": "Δ margin between the pair's first and latest scoring, largest first",
     "largest margin loss": "Δ margin, most negative first",
     "likelihood displacement": "the chosen log-prob fell while the margin rose; largest fall first",
-    "highest gradient weight": "latest gradient weight σ(r_rejected − r_chosen), largest first: what the loss pushes hardest",
+    "highest gradient weight": "latest gradient weight (the run's loss's mean pull; DPO's σ(r_rejected − r_chosen)), largest first: what the loss pushes hardest",
     "lowest margin now": "latest margin, most negative first: the pairs the policy ranks most wrong",
     "boundary merge": "tokenizing prompt+response as one text would cut differently at the boundary (from the tokenized data)",
     "truncated": "tokens removed by truncation, most first (from the tokenized data)",

@@ -136,7 +136,7 @@ def test_batch_level_losses_are_evaluated_in_training_sized_batches():
         want = torch.cat([dpo_loss(pc[s:s + 4], pr[s:s + 4], rc[s:s + 4], rr[s:s + 4], 0.1, lt, chosen_tokens=nc[s:s + 4],
                                    rejected_tokens=nr[s:s + 4])[0] for s in range(0, 10, 4)])
         torch.testing.assert_close(torch.as_tensor(got), want)
-    assert _pair_metrics(pc, pr, rc, rr, DPOConfig(loss_type="aot", batch_size=4), nc, nr)[3].tolist() == [0] * 4 + [1] * 4 + [2] * 2
+    assert _pair_metrics(pc, pr, rc, rr, DPOConfig(loss_type="aot", batch_size=4), nc, nr)[5].tolist() == [0] * 4 + [1] * 4 + [2] * 2
 
 
 def wpo_tokens(B, seed):

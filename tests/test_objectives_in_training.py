@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -143,3 +144,35 @@ def test_a_history_without_loss_batches_is_replayed_by_step_and_says_so():
     w = WhatIf(t, split="train")
     assert "predates loss batches" in w.html["replay_summary"]
     np.testing.assert_allclose(w.replayed["loss"].to_numpy(), w.replayed["loss_run"].to_numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("settings", [dict(loss_type="hinge"), dict(loss_type="sigmoid", label_smoothing=0.2),
+                                      dict(loss_type="dpop", dpop_lambda=5.0), dict(loss_type=["sigmoid", "sft"], use_weighting=True),
+                                      dict(loss_type="ipo")])
+def test_the_recorded_gradient_weight_is_the_runs_own_losss(settings):
+    t = trainer(steps=3, learning_rate=5e-2, lr_schedule="constant", warmup_ratio=0.0, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit()
+    p, counts = t.history.pairs, t_counts(t)
+    counts = pd.concat([counts, eval_counts(t)])
+    for split in ("train", "eval"):
+        rows = p[p["split"] == split]
+        again = replay_losses(rows, beta=0.1, token_counts=counts, **settings)  # autograd on the recorded log-probs, independently
+        for side in ("chosen", "rejected"):
+            np.testing.assert_allclose(rows[f"weight_{side}"].to_numpy(), again[f"weight_{side}"].to_numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rows["grad_weight"], (rows["weight_chosen"] + rows["weight_rejected"]) / 2)
+    m = p["margin"].to_numpy()
+    if settings["loss_type"] == "hinge":
+        np.testing.assert_array_equal(p["weight_chosen"].to_numpy(), (m < 1).astype(float))
+    if settings.get("label_smoothing"):  # cDPO: σ(-m) - ε, negative once a pair is past the loss's optimum
+        np.testing.assert_allclose(p["weight_chosen"].to_numpy(), 1 / (1 + np.exp(m)) - 0.2, atol=1e-6)
+    if settings["loss_type"] != "sigmoid" or settings.get("label_smoothing"):  # (the sigmoid's σ(-m) would be wrong here)
+        assert np.abs(p["grad_weight"].to_numpy() - 1 / (1 + np.exp(m))).max() > 1e-3
+
+
+def eval_counts(t):
+    import pandas as pd
+    d = t.eval_data
+    return pd.DataFrame(dict(pair_id=d["pair_id"], chosen_tokens=[len(x) for x in d["chosen_ids"]],
+                             rejected_tokens=[len(x) for x in d["rejected_ids"]]))
