@@ -29,8 +29,8 @@ DEFINITIONS = {
 }
 
 KL_METHODS = {
-    "sampled": "sampled KL: mean over policy samples y ~ pi(.|x) on held-out prompts of log pi(y|x) - log pi_ref(y|x) (nats per sequence; n = samples)",
-    "token_exact": "exact per-token KL(pi || pi_ref) over the vocabulary at each position of dataset responses, averaged over tokens (nats per token; n = tokens)",
+    "sampled": "sampled KL: mean over policy samples y ~ pi(.|x) on held-out prompts of log pi(y|x) - log pi_ref(y|x) (nats per sequence; n = samples; se = their standard deviation / sqrt(n))",
+    "token_exact": "exact per-token KL(pi || pi_ref) over the vocabulary at each position of dataset responses, averaged over tokens (nats per token; n = tokens; se over sequences, as a ratio of sums: sqrt(sum_i (s_i - KL n_i)^2 / (k (k - 1))) / mean n_i for k sequences with KL sums s_i over n_i tokens)",
 }
 
 # %% ../nbs/04_history.ipynb #5ac1acef
@@ -41,7 +41,7 @@ EVAL_COLUMNS = ("step", "loss", "rewards/chosen", "rewards/rejected", "rewards/m
 PAIR_COLUMNS = ("step", "split", "pair_id", "chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
                 "chosen_reward", "rejected_reward", "margin", "grad_weight", "weight_chosen", "weight_rejected", "loss")
 TOKEN_COLUMNS = ("step", "pair_id", "side", "position", "token_id", "token", "logp", "ref_logp")
-KL_COLUMNS = ("step", "method", "value", "n", "note")
+KL_COLUMNS = ("step", "method", "value", "se", "n", "note", "values")
 TEXT_COLUMNS = ("pair_id", "split", "prompt", "chosen", "rejected")
 TABLES = ("steps", "evals", "pairs", "tokens", "kl", "texts")
 _INT_COLUMNS = {"step", "pair_id", "position", "token_id", "n"}
@@ -389,12 +389,17 @@ def log_kl(self: History,
            method: str,    # "sampled" | "token_exact" (see KL_METHODS)
            value: float,   # the estimate (nats)
            n: int,         # samples ("sampled") or tokens ("token_exact") it averages over
-           note: str = ""):# anything a reader should know (e.g. temperature, prompt set)
-    "Record a KL estimate, labelled by its method"
+           note: str = "", # anything a reader should know (e.g. temperature, prompt set)
+           se: float | None = None,  # its standard error (see KL_METHODS), if known
+           values=None):   # the per-sample values it averages (per sample, or per sequence for "token_exact")
+    "Record a KL estimate, labelled by its method, with its standard error"
     if method not in KL_METHODS:
         raise ValueError(f"log_kl(step={step}): field 'method' is {method!r}; use one of {list(KL_METHODS)}. "
                          "A log-ratio measured on preference data is not a KL estimate.")
-    self._kl.append({"step": int(step), "method": method, "value": float(_scalar(value)), "n": int(_scalar(n)), "note": str(note)})
+    se = float("nan") if se is None else float(_scalar(se))
+    vals = None if values is None else [float(v) for v in to_numpy(values).reshape(-1)]
+    self._kl.append({"step": int(step), "method": method, "value": float(_scalar(value)), "se": se, "n": int(_scalar(n)),
+                     "note": str(note), "values": vals})
     self._touch("kl")
 
 @patch(as_prop=True)
@@ -402,7 +407,8 @@ def kl(self: History) -> pd.DataFrame:
     "One row per KL estimate"
     def build():
         if not self._kl: return _columns_frame([], KL_COLUMNS)
-        return pd.DataFrame(self._kl, columns=list(KL_COLUMNS)).astype({"step": "int64", "n": "int64", "value": "float64"})
+        rows = [{**r, "values": None if r.get("values") is None else list(r["values"])} for r in self._kl]  # (loaded: arrays)
+        return pd.DataFrame(rows, columns=list(KL_COLUMNS)).astype({"step": "int64", "n": "int64", "value": "float64", "se": "float64"})
     return self._cached(("kl",), build)
 
 # %% ../nbs/04_history.ipynb #5a4f78e5
@@ -475,6 +481,7 @@ def summary(self: History) -> dict:
         out[f"pairs/{split}/displaced_share"] = _num(mc["displaced"].sum() / rescored) if rescored else None
     for method, g in self.kl.groupby("method", sort=True):
         out[f"kl/{method}"] = _num(g["value"].iloc[-1])
+        if pd.notna(g["se"].iloc[-1]): out[f"kl/{method}/se"] = _num(g["se"].iloc[-1])
         out[f"kl/{method}/step"] = int(g["step"].iloc[-1])
     out["probe_pairs"] = len(self.probe_ids())
     return out
@@ -627,8 +634,8 @@ def synthetic_history(n_pairs: int = 200,   # training pairs
         m = score(s, "eval", ids, ec[s], er[s], erc, err)
         kl = abs(float(np.mean(ec[s] - erc)) * 0.5 + 0.03 * s * rng.uniform(0.9, 1.1))
         h.log_eval(s, **m, gold_reward=2.0 * np.sqrt(kl) - 0.45 * kl + rng.normal(0, 0.03))
-        h.log_kl(s, "sampled", kl, n=64, note="synthetic")
-        h.log_kl(s, "token_exact", kl / 30 * rng.uniform(0.8, 1.2), n=64 * 30, note="synthetic")
+        h.log_kl(s, "sampled", kl, n=64, note="synthetic", se=0.1 + 0.3 * kl / 8)
+        h.log_kl(s, "token_exact", kl / 30 * rng.uniform(0.8, 1.2), n=64 * 30, note="synthetic", se=0.002 + 0.01 * kl / 30)
         pids = np.arange(n_probe)
         if n_probe: score(s, "probe", pids, tc[s, pids], tr[s, pids], trc[pids], trr[pids])
         for i in pids:

@@ -195,10 +195,13 @@ def plot_kl(h: History) -> go.Figure:
     for i, (method, g) in enumerate(k.groupby("method", sort=False)):
         g = g.sort_values("step")
         unit = units[method]
+        se = g["se"].to_numpy(float) if "se" in g.columns else np.full(len(g), np.nan)
+        bars = dict(type="data", array=np.nan_to_num(se), visible=True, thickness=1) if np.isfinite(se).any() else None
         fig.add_trace(go.Scatter(x=g["step"].to_numpy(), y=g["value"].to_numpy(), mode="lines+markers", name=f"{method} ({unit})",
-                                 yaxis="y" if i == 0 else "y2",
-                                 customdata=np.stack([g["n"].to_numpy(), g["note"].map(_esc).to_numpy()], axis=1),
-                                 hovertemplate=f"<b>{method}</b> at step %{{x}}: %{{y:.4g}} {unit}<br>n = %{{customdata[0]}}"
+                                 yaxis="y" if i == 0 else "y2", error_y=bars,
+                                 customdata=np.stack([g["n"].to_numpy(), g["note"].map(_esc).to_numpy(),
+                                                      [f" ± {v:.2g} (se)" if np.isfinite(v) else "" for v in se]], axis=1),
+                                 hovertemplate=f"<b>{method}</b> at step %{{x}}: %{{y:.4g}}%{{customdata[2]}} {unit}<br>n = %{{customdata[0]}}"
                                                f"<br>%{{customdata[1]}}<br><i>{_wrap(html.escape(KL_METHODS.get(method, method)))}</i><extra></extra>"))
     fig.update_layout(title=title, xaxis_title="optimizer step", height=380, legend=dict(title="method", orientation="h", y=-0.25),
                       yaxis_title=f"KL, {methods[0]} ({units[methods[0]]})")

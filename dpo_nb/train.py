@@ -30,8 +30,7 @@ from .models import (add_reference_adapter, adapter_state, adapters_are_identity
 # %% auto #0
 __all__ = ['DPOConfig', 'ConfigError', 'check_config', 'loss_settings', 'pick_device', 'seed_everything', 'epoch_order',
            'epoch_batches', 'batch_rows', 'NonFiniteError', 'Callback', 'model_fingerprint', 'data_fingerprint',
-           'default_cache_dir', 'ref_cache_path', 'process_state', 'DPOTrainer', 'train_step', 'evaluate', 'probe',
-           'estimate_kl', 'sample_responses', 'fit', 'save', 'load']
+           'default_cache_dir', 'ref_cache_path', 'process_state', 'DPOTrainer', 'sample_responses']
 
 # %% ../nbs/03_train.ipynb #a98a9a7d
 @dataclass
@@ -403,43 +402,6 @@ def process_state(device: torch.device):
     return PartialState(cpu=device.type == "cpu")
 
 
-def _all_ok(self, ok: bool) -> bool:
-    "True where `ok` holds on every process (so that all processes raise, skip or go on together)."
-    if self.world == 1: return bool(ok)
-    flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return flag.item() == 0
-
-
-def _gather_rows(self, parts: list[dict]) -> dict:
-    "Per-micro-batch arrays of this process's slices, as the global batches' rows (micro-batch by micro-batch, then process)."
-    if self.world > 1:
-        got = [None] * self.world
-        torch.distributed.all_gather_object(got, parts)
-        parts = [got[k][j] for j in range(len(parts)) for k in range(self.world)]
-    return {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
-
-
-def _average_gradients(self, params):
-    "The mean of every gradient over processes, in place."
-    if self.world == 1: return
-    for p in params:
-        if p.grad is None: p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-        p.grad.div_(self.world)
-
-
-def _broadcast(self, obj):
-    "Process 0's `obj`, on every process (so that decisions taken by process 0 alone are shared)."
-    if self.world == 1: return obj
-    box = [obj if self.is_main else None]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier(self):
-    if self.world > 1: torch.distributed.barrier()
-
 # %% ../nbs/03_train.ipynb #d333ed2f
 def _tokenized(data, tokenizer, cfg, split: str = "train", resumed: bool = False):
     "Tokenized pairs from any source (or as given, if already tokenized within the config's limits)."
@@ -572,6 +534,49 @@ class DPOTrainer:
         frac = min(frac, 1.0)
         return 0.5 * (1 + math.cos(math.pi * frac)) if self.config.lr_schedule == "cosine" else 1.0 - frac
 
+# %% ../nbs/03_train.ipynb #ee8c8826
+@patch
+def _all_ok(self: DPOTrainer, ok: bool) -> bool:
+    "True where `ok` holds on every process (so that all processes raise, skip or go on together)."
+    if self.world == 1: return bool(ok)
+    flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag.item() == 0
+
+
+@patch
+def _gather_rows(self: DPOTrainer, parts: list[dict]) -> dict:
+    "Per-micro-batch arrays of this process's slices, as the global batches' rows (micro-batch by micro-batch, then process)."
+    if self.world > 1:
+        got = [None] * self.world
+        torch.distributed.all_gather_object(got, parts)
+        parts = [got[k][j] for j in range(len(parts)) for k in range(self.world)]
+    return {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
+
+
+@patch
+def _average_gradients(self: DPOTrainer, params):
+    "The mean of every gradient over processes, in place."
+    if self.world == 1: return
+    for p in params:
+        if p.grad is None: p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+        p.grad.div_(self.world)
+
+
+@patch
+def _broadcast(self: DPOTrainer, obj):
+    "Process 0's `obj`, on every process (so that decisions taken by process 0 alone are shared)."
+    if self.world == 1: return obj
+    box = [obj if self.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@patch
+def _barrier(self: DPOTrainer):
+    if self.world > 1: torch.distributed.barrier()
+
 # %% ../nbs/03_train.ipynb #5819423f
 @patch
 def _prepare_models(self: DPOTrainer, model, ref_model, ref_mode: str | None) -> dict:
@@ -630,8 +635,9 @@ def _left_out(self: DPOTrainer, max_ids: int = 1000) -> dict:
     return out
 
 # %% ../nbs/03_train.ipynb #6201a1f0
+@patch
 @torch.no_grad()
-def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None = None, router_aux: bool = False,
+def _score_rows(self: DPOTrainer, model, data, rows, tokens: bool = False, desc: str | None = None, router_aux: bool = False,
                 wpo: bool = False):
     "Scores of `rows` of `data` under `model` (no grad): dict of numpy arrays (and per-token tensors if `tokens`; MoE router loss per batch if `router_aux`; WPO weights if `wpo`)."
     out = {k: [] for k in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens") + (("wpo_weight",) if wpo else ())}
@@ -671,8 +677,9 @@ def _score_rows(self, model, data, rows, tokens: bool = False, desc: str | None 
     return (res, tok_out) if tokens else res
 
 
+@patch
 @contextlib.contextmanager
-def _reference(self):
+def _reference(self: DPOTrainer):
     "The reference model as a context: the frozen model, or the policy with its adapters disabled."
     if self.ref_mode == "model": yield self.ref_model
     elif self.ref_mode == "adapters":
@@ -682,12 +689,14 @@ def _reference(self):
     else: raise RuntimeError("precomputed mode: the reference exists only as cached log-probs")
 
 
-def _autocast(self):
+@patch
+def _autocast(self: DPOTrainer):
     if self.amp_dtype is None: return contextlib.nullcontext()
     return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def _read_ref_cache(self, splits) -> dict:
+@patch
+def _read_ref_cache(self: DPOTrainer, splits) -> dict:
     "For each split: (cache file or None, cached log-probs or None). Process 0 alone calls this."
     cfg, out = self.config, {}
     scorer = self.ref_model if self.ref_mode == "model" else self.model  # (adapter modes: the starting weights, adapters included)
@@ -708,7 +717,8 @@ def _read_ref_cache(self, splits) -> dict:
     return out
 
 
-def _precompute_reference(self) -> dict:
+@patch
+def _precompute_reference(self: DPOTrainer) -> dict:
     "Reference log-probs of every train and eval pair, indexed by row (precomputed mode, or `precompute_ref`), read from the cache if there."
     if self.ref_mode != "precomputed" and not self.config.precompute_ref: return {}
     res = {}
@@ -735,7 +745,8 @@ def _precompute_reference(self) -> dict:
     return res
 
 
-def _record_texts(self):
+@patch
+def _record_texts(self: DPOTrainer):
     for split, data in (("train", self.train_data), ("eval", self.eval_data)):
         if data is None: continue
         cols = data.column_names
@@ -746,16 +757,15 @@ def _record_texts(self):
             rejected=data["rejected_text"] if "rejected_text" in cols else [""] * len(data))))
 
 
-def _pick_probes(self) -> list[int]:
+@patch
+def _pick_probes(self: DPOTrainer) -> list[int]:
     "Row indices (into eval data, else train data) of the pairs re-scored token by token."
     data = self.eval_data if self.eval_data is not None else self.train_data
     return list(range(min(self.config.probe_pairs, len(data))))
 
-for f in (_score_rows, _reference, _autocast, _read_ref_cache, _precompute_reference, _record_texts, _pick_probes,
-          _all_ok, _gather_rows, _average_gradients, _broadcast, _barrier): setattr(DPOTrainer, f.__name__, f)
-
 # %% ../nbs/03_train.ipynb #609bb1bc
-def _ref_for_batch(self, rows, batch):
+@patch
+def _ref_for_batch(self: DPOTrainer, rows, batch):
     "Reference log-probs (chosen, rejected) for the rows of a training batch."
     if "train" in self.ref_logps:  # precomputed (the mode, or `precompute_ref`)
         r = torch.as_tensor(self.ref_logps["train"][rows], device=self.device)
@@ -765,7 +775,8 @@ def _ref_for_batch(self, rows, batch):
     return out["chosen_logps"].float(), out["rejected_logps"].float()
 
 
-def train_step(self) -> dict:
+@patch
+def train_step(self: DPOTrainer) -> dict:
     "One optimizer step (over `grad_accum_steps` micro-batches); returns its metrics."
     cfg, t0 = self.config, time.perf_counter()
     self.model.train()
@@ -841,15 +852,14 @@ def train_step(self) -> dict:
     return metrics
 
 
-def _nonfinite(self, what, batch, pair_ids=None, bad=None):
+@patch
+def _nonfinite(self: DPOTrainer, what, batch, pair_ids=None, bad=None):
     ids = (batch["pair_id"].tolist() if batch is not None else list(map(int, pair_ids)))
     self.optimizer.zero_grad(set_to_none=True)
     which = f" (non-finite for pairs {bad})" if bad else ""
     raise NonFiniteError(f"step {self.step + 1}: non-finite {what} in the batch of pairs {ids}{which}; "
                          "the weights were not updated (look at those pairs, lower the learning rate, or set "
                          "on_nonfinite='skip' to skip such steps and count them)")
-
-for f in (_ref_for_batch, train_step, _nonfinite): setattr(DPOTrainer, f.__name__, f)
 
 # %% ../nbs/03_train.ipynb #b8738542
 @patch
@@ -878,7 +888,8 @@ def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens
     return tuple(torch.cat([p[k] for p in parts]).numpy() for k in range(5)) + (np.arange(n) // step,)
 
 
-def evaluate(self) -> dict:
+@patch
+def evaluate(self: DPOTrainer) -> dict:
     "Score every eval pair with the current policy; log per-pair records and `eval/` metrics at the current step."
     if self.eval_data is None: return {}
     rows = list(range(len(self.eval_data)))
@@ -910,7 +921,8 @@ def evaluate(self) -> dict:
     return metrics
 
 
-def _probe_ref_tokens(self, data):
+@patch
+def _probe_ref_tokens(self: DPOTrainer, data):
     "Reference per-token log-probs of the probe pairs (computed once: the reference does not change)."
     if getattr(self, "_probe_ref", None) is None:
         if self.ref_mode == "precomputed" and self.step > 0:
@@ -922,7 +934,8 @@ def _probe_ref_tokens(self, data):
     return self._probe_ref
 
 
-def probe(self):
+@patch
+def probe(self: DPOTrainer):
     "Re-score the probe pairs token by token; record every response token's policy and reference log-prob."
     if not self.probe_ids: return
     data = self.eval_data if self.eval_data is not None else self.train_data
@@ -947,8 +960,24 @@ def probe(self):
     self.history.log_tokens(recs)
 
 
+def _se(x) -> float:
+    "Standard error of a mean: std / sqrt(n) (NaN for fewer than two values)."
+    x = np.asarray(x, float)
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def _ratio_se(s, n) -> float:
+    "Standard error of Σs / Σn over k sequences (the ratio estimator's, by the delta method; NaN for k < 2)."
+    s, n = np.asarray(s, float), np.asarray(n, float)
+    k = len(s)
+    if k < 2 or n.sum() <= 0: return float("nan")
+    r = s.sum() / n.sum()
+    return float(np.sqrt(((s - r * n) ** 2).sum() / (k * (k - 1))) / n.mean())
+
+
+@patch
 @torch.no_grad()
-def estimate_kl(self) -> dict:
+def estimate_kl(self: DPOTrainer) -> dict:
     "Sampled and exact token KL of the policy from the reference on held-out prompts (needs a reference model)."
     if self.ref_mode == "precomputed": return {}
     cfg = self.config
@@ -967,7 +996,7 @@ def estimate_kl(self) -> dict:
             with self._reference() as ref:
                 _, lq = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"], cfg.chunk_size)
         kl = (lp - lq).float().cpu().numpy()
-        res["kl/sampled"] = float(kl.mean())
+        res["kl/sampled"], res["kl/sampled_se"] = float(kl.mean()), _se(kl)
         if self.reward_fn is not None:  # the same samples, scored by the ground truth: one point of the reward-KL frontier
             texts = self.tokenizer.batch_decode(samples, skip_special_tokens=True)
             res["gold_reward"] = float(np.mean([self.reward_fn(t) for t in texts]))
@@ -977,14 +1006,16 @@ def estimate_kl(self) -> dict:
             s, n = token_kl(self.model, None, b["chosen_input_ids"], b["chosen_attention_mask"], b["chosen_response_mask"],
                             cfg.chunk_size, ref_context=self._reference)
         res["kl/token_exact"] = float(s.sum() / n.sum().clamp(min=1))
+        s, n = s.float().cpu().numpy(), n.float().cpu().numpy()
+        res["kl/token_exact_se"] = _ratio_se(s, n)
     finally: self.model.train(was)
     with _DeferInterrupt():
-        self.history.log_kl(self.step, "sampled", res["kl/sampled"], len(kl), note=f"at most {cfg.kl_max_new_tokens} new tokens; nats per sample")
-        self.history.log_kl(self.step, "token_exact", res["kl/token_exact"], int(n.sum()), note="nats per token, along held-out chosen responses")
+        self.history.log_kl(self.step, "sampled", res["kl/sampled"], len(kl), note=f"at most {cfg.kl_max_new_tokens} new tokens; nats per sample",
+                            se=res["kl/sampled_se"], values=kl)
+        self.history.log_kl(self.step, "token_exact", res["kl/token_exact"], int(n.sum()), note="nats per token, along held-out chosen responses",
+                            se=res["kl/token_exact_se"], values=s / np.maximum(n, 1))
         if "gold_reward" in res: self.history.log_eval(self.step, gold_reward=res["gold_reward"])
     return res
-
-for f in (evaluate, _probe_ref_tokens, probe, estimate_kl): setattr(DPOTrainer, f.__name__, f)
 
 # %% ../nbs/03_train.ipynb #6a801096
 @torch.no_grad()
@@ -1022,7 +1053,8 @@ def _rows_batch(prompts, responses, pad):
                 response_mask=torch.tensor([[0] * len(p) + [1] * len(r) + [0] * (L - len(p) - len(r)) for p, r in zip(prompts, responses)]))
 
 # %% ../nbs/03_train.ipynb #9d7f875e
-def fit(self, steps: int | None = None) -> History:
+@patch
+def fit(self: DPOTrainer, steps: int | None = None) -> History:
     "Train for `steps` more optimizer steps (default: until `total_steps`); call again to continue."
     cfg = self.config
     target = self.total_steps if steps is None else self.step + steps
@@ -1067,15 +1099,14 @@ def fit(self, steps: int | None = None) -> History:
     return self.history
 
 
-def _checkpoint_views(self, force=False, final=False):
+@patch
+def _checkpoint_views(self: DPOTrainer, force=False, final=False):
     "Evaluate / probe / estimate KL when their period comes up (and at the start and end of fit)."
     cfg, s = self.config, self.step
     due = lambda k: force or final or (k and s % k == 0)
     if due(cfg.eval_every): self.evaluate()
     if due(cfg.probe_every): self.probe()
     if due(cfg.kl_every): self.estimate_kl()
-
-for f in (fit, _checkpoint_views): setattr(DPOTrainer, f.__name__, f)
 
 # %% ../nbs/03_train.ipynb #ea0dfd71
 def _load_info(model) -> dict:
@@ -1127,7 +1158,8 @@ _RESUME_FIXED = ("batch_size", "grad_accum_steps", "seed", "group_by_length", "m
 _STATE_KEYS = ("step", "nonfinite_skipped", "total_steps", "optimizer", "scheduler", "ref_mode", "ref_logps", "probe_ref", "rng")
 
 
-def save(self, path) -> Path:
+@patch
+def save(self: DPOTrainer, path) -> Path:
     "Save everything needed to resume into folder `path`, atomically (temp folder, then rename). Process 0 writes."
     path = Path(path)
     if not self.is_main:
@@ -1251,8 +1283,8 @@ def _read_data(folder: Path, rows: int | None):
     return ds
 
 # %% ../nbs/03_train.ipynb #2edf7eff
-@classmethod
-def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, **config_overrides) -> "DPOTrainer":
+@patch(cls_method=True)
+def load(cls: DPOTrainer, path, model=None, ref_model=None, callbacks=None, reward_fn=None, **config_overrides) -> "DPOTrainer":
     """A trainer restored from `save(path)`: model, data, optimizer, scheduler, random state and history. A damaged
     checkpoint, or a `model`/`ref_model` whose shapes differ from the saved ones, is a `CheckpointError` naming the file
     or parameter, raised before any model is loaded or run."""
@@ -1311,5 +1343,3 @@ def load(cls, path, model=None, ref_model=None, callbacks=None, reward_fn=None, 
     torch.random.set_rng_state(rng["torch"]); np.random.set_state(rng["numpy"]); random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng["cuda"])
     return t
-
-for f in (save, load): setattr(DPOTrainer, f.__name__, f)

@@ -692,7 +692,8 @@ class TrainingDashboard(WidgetApp):
                                                                          ("rewards/margins", "margin", "+.4f"), ("gold_reward", "gold reward", ".3f"))))
         if len(h.kl):
             kl = h.kl.sort_values("step", kind="stable").groupby("method", sort=True).tail(1)
-            lines.append("KL: " + " · ".join(f"{r.method} (step {r.step}) {r.value:.4g} "
+            pm = lambda r: f" ± {r.se:.2g}" if pd.notna(getattr(r, "se", np.nan)) else ""  # (its standard error)
+            lines.append("KL: " + " · ".join(f"{r.method} (step {r.step}) {r.value:.4g}{pm(r)} "
                                              f"{'nats/token' if r.method == 'token_exact' else 'nats/sequence'}" for r in kl.itertuples()))
         el = (time.perf_counter() - self._fit_t0) if live else None
         wall = self._fit_wall + (el or 0.0)
