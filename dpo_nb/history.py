@@ -21,7 +21,7 @@ DEFINITIONS = {
     "implicit reward": "r = beta * (log pi(y|x) - log pi_ref(y|x)), log-probs summed over response tokens (nats)",
     "margin": "margin = r_chosen - r_rejected (nats)",
     "reward accuracy": "share of pairs with margin > 0",
-    "gradient weight": "grad_weight = (weight_chosen + weight_rejected) / 2, the run's loss's pulls on a pair: weight_chosen = -(1/beta) dL/dlog pi(y_w), weight_rejected = (1/beta) dL/dlog pi(y_l); for the sigmoid DPO loss sigmoid(r_rejected - r_chosen) on both sides (1 = pushed fully, 0 = done); where a run recorded no pulls, the sigmoid's",
+    "gradient weight": "grad_weight = (weight_chosen + weight_rejected) / 2, the run's loss's pull on the margin log pi(y_w) - log pi(y_l), from its pulls on each side: weight_chosen = -(1/beta) dL/dlog pi(y_w), weight_rejected = (1/beta) dL/dlog pi(y_l) (their half-difference moves both log-probs together); for the sigmoid DPO loss sigmoid(r_rejected - r_chosen) on both sides (1 = pushed fully, 0 = done); negative where the loss pushes the margin down, per summed log-prob (so smaller for long responses) for the length-normalised losses; where a run recorded no pulls, the sigmoid's",
     "log-ratio": "log pi(y|x) - log pi_ref(y|x) of one response or token (nats); not a KL: it is measured on preference data, not on policy samples",
     "likelihood displacement": "a pair whose chosen log-prob fell while its margin rose, between its first and latest scoring",
     "loss batch": "loss_batch: which of a step's micro-batches (per process) a pair's loss was computed in; batch-level losses (aot, sft, orpo) depend on the whole batch",
@@ -30,7 +30,7 @@ DEFINITIONS = {
 
 KL_METHODS = {
     "sampled": "sampled KL: mean over policy samples y ~ pi(.|x) on held-out prompts of log pi(y|x) - log pi_ref(y|x) (nats per sequence; n = samples; se = their standard deviation / sqrt(n))",
-    "token_exact": "exact per-token KL(pi || pi_ref) over the vocabulary at each position of dataset responses, averaged over tokens (nats per token; n = tokens; se over sequences, as a ratio of sums: sqrt(sum_i (s_i - KL n_i)^2 / (k (k - 1))) / mean n_i for k sequences with KL sums s_i over n_i tokens)",
+    "token_exact": "exact per-token KL(pi || pi_ref) over the vocabulary at each position of dataset responses, averaged over tokens (nats per token; n = tokens; values: each sequence's KL per token, whose plain mean is not the token-weighted estimate; se over sequences, as a ratio of sums: sqrt(sum_i (s_i - KL n_i)^2 / (k (k - 1))) / mean n_i for k sequences with KL sums s_i over n_i tokens)",
 }
 
 # %% ../nbs/04_history.ipynb #5ac1acef

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['F_DIVERGENCES', 'LOSS_TYPES', 'LENGTH_NORMALISED', 'NEEDS_TOKENS', 'BATCH_LEVEL', 'dpo_loss', 'wpo_weight',
-           'wpo_pair_weights', 'gradient_weight', 'gradient_weights']
+           'wpo_pair_weights', 'gradient_weight', 'gradient_weights', 'loss_pulls']
 
 # %% ../nbs/02_loss.ipynb #cc5f71d9
 _LOSS_FNS = {}  # loss_type -> function(hw, hl, beta, eps, **pair) -> per-pair losses (pair: log-probs, token counts, options)
@@ -342,7 +342,11 @@ def gradient_weights(
     pc, pr = (t.detach().clone().requires_grad_(True) for t in (policy_chosen_logps, policy_rejected_logps))
     with torch.enable_grad():
         losses = dpo_loss(pc, pr, ref_chosen_logps.detach(), ref_rejected_logps.detach(), **loss_kwargs)[0]
-        gw, gl = torch.autograd.grad(losses.sum(), (pc, pr), allow_unused=True)  # (the NLL term alone leaves y_l unused)
-    beta = float(loss_kwargs.get("beta", 0.1))
-    zero = torch.zeros_like(pc)
+        return loss_pulls(losses, pc, pr, float(loss_kwargs.get("beta", 0.1)))
+
+def loss_pulls(losses: torch.Tensor, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float) -> tuple:
+    "The pulls of per-pair `losses` on the log-prob tensors they were computed from; the graph stays for a backward after."
+    gw, gl = torch.autograd.grad(losses.sum(), (chosen_logps, rejected_logps), retain_graph=True,
+                                 allow_unused=True)  # (the NLL term alone leaves y_l unused)
+    zero = torch.zeros_like(chosen_logps)
     return -(zero if gw is None else gw).detach() / beta, (zero if gl is None else gl).detach() / beta

@@ -196,7 +196,7 @@ def plot_kl(h: History) -> go.Figure:
         g = g.sort_values("step")
         unit = units[method]
         se = g["se"].to_numpy(float) if "se" in g.columns else np.full(len(g), np.nan)
-        bars = dict(type="data", array=np.nan_to_num(se), visible=True, thickness=1) if np.isfinite(se).any() else None
+        bars = dict(type="data", array=se, visible=True, thickness=1) if np.isfinite(se).any() else None  # (NaN: no bar)
         fig.add_trace(go.Scatter(x=g["step"].to_numpy(), y=g["value"].to_numpy(), mode="lines+markers", name=f"{method} ({unit})",
                                  yaxis="y" if i == 0 else "y2", error_y=bars,
                                  customdata=np.stack([g["n"].to_numpy(), g["note"].map(_esc).to_numpy(),

@@ -22,7 +22,7 @@ from .data import DataWarning, PairCollator, PreferenceDataError, _fmt_ids, _tem
 from .history import CheckpointError, History, _why
 from .logps import model_device, response_logps, sequence_logps, token_kl
 from .loss import (BATCH_LEVEL, LOSS_TYPES, _check_label_smoothing, _check_options, _loss_types, dpo_loss, gradient_weights,
-                         wpo_pair_weights)
+                         loss_pulls, wpo_pair_weights)
 from .models import (add_reference_adapter, adapter_state, adapters_are_identity, disable_dropout, is_peft, is_placed,
                            load_adapter_state, pick_dtype, place, prepare_master_weights, process_device, reference_adapter,
                            router_aux_coef)
@@ -795,8 +795,9 @@ def train_step(self: DPOTrainer) -> dict:
         finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
         if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
         kw = dict(**loss_settings(cfg), chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"], pair_weights=pw)
-        losses, r_c, r_r = dpo_loss(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, **kw)
-        w_c, w_r = gradient_weights(pol["chosen_logps"].float(), pol["rejected_logps"].float(), ref_c, ref_r, **kw)  # (02_loss)
+        pc, pr = pol["chosen_logps"].float(), pol["rejected_logps"].float()
+        losses, r_c, r_r = dpo_loss(pc, pr, ref_c, ref_r, **kw)
+        w_c, w_r = loss_pulls(losses, pc, pr, cfg.beta)  # each pair's pulls (02_loss), by autograd as far as the log-probs
         loss = losses.mean()
         if self.aux_coef: loss = loss + self.aux_coef * pol["aux_loss"].float()  # MoE: + c * load-balancing loss (TRL's rule)
         loss = loss / cfg.grad_accum_steps
@@ -873,13 +874,13 @@ def _sync_reference(self: DPOTrainer):
     self._probe_ref = None
 
 # %% ../nbs/03_train.ipynb #2312e769
-def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens, rejected_tokens, pair_weights=None):
+def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens, rejected_tokens, pair_weights=None, world=1):
     "Per-pair losses, rewards, pulls (chosen, rejected) and loss batch of scored pairs: a batch-level loss (AOT's sort, the NLL token mean) in batches of `batch_size`."
     n = len(chosen_logps)
     pw = torch.as_tensor(pair_weights) if pair_weights is not None else None
     t = [torch.as_tensor(x) for x in (chosen_logps, rejected_logps, ref_c, ref_r, chosen_tokens, rejected_tokens)]
     types = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type
-    step = cfg.batch_size if any(x in BATCH_LEVEL for x in types) else max(n, 1)
+    step = cfg.batch_size // world if any(x in BATCH_LEVEL for x in types) else max(n, 1)  # (each process's share, as in training)
     def one(s, e):
         x, kw = [x[s:e] for x in t[:4]], dict(**loss_settings(cfg), chosen_tokens=t[4][s:e], rejected_tokens=t[5][s:e],
                                              pair_weights=None if pw is None else pw[s:e])
@@ -901,7 +902,7 @@ def evaluate(self: DPOTrainer) -> dict:
             self.ref_logps["eval"] = np.stack([r["chosen_logps"], r["rejected_logps"]], 1)
         ref = self.ref_logps["eval"]
     losses, r_c, r_r, w_c, w_r, loss_batch = _pair_metrics(pol["chosen_logps"], pol["rejected_logps"], ref[:, 0], ref[:, 1], self.config,
-                                                           pol["chosen_tokens"], pol["rejected_tokens"], pol.get("wpo_weight"))
+                                                           pol["chosen_tokens"], pol["rejected_tokens"], pol.get("wpo_weight"), self.world)
     margin = r_c - r_r
     metrics = {"loss": float(losses.mean()), "rewards/chosen": float(r_c.mean()), "rewards/rejected": float(r_r.mean()),
                "rewards/margins": float(margin.mean()), "rewards/accuracies": float((margin > 0).mean()),

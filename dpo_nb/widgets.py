@@ -783,6 +783,9 @@ def fill_pair_trajectory(fig,            # a figure from `plot_pair_trajectory` 
     with fig.batch_update():
         for tr, (_, col, *_rest) in zip(fig.data, _TRAJ):
             tr.x, tr.y = x, (t[col].to_numpy(float) if col in t.columns else np.full(len(x), np.nan))
+        w = t["grad_weight"].to_numpy(float) if "grad_weight" in t.columns and t["grad_weight"].notna().any() else np.zeros(1)
+        lo, hi = min(0.0, np.nanmin(w)), max(1.0, np.nanmax(w))  # (0 to 1 for DPO; other losses pull harder, or backwards)
+        fig.layout.yaxis2.range = [lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo)]  # (the weight's axis; a FigureWidget has no grid)
         fig.layout.title.text = f"Pair {pair_id} ({split}): rewards, margin and gradient weight at each scoring"
         fig.layout.meta = {"pair_id": int(pair_id), "split": split, "scorings": len(t)}
         why = f"pair {pair_id} was never scored in split {split!r}" if len(h.pairs) else _lines(_WHY["pairs"])
@@ -802,7 +805,7 @@ RANKINGS = {
     "largest margin gain": "Δ margin between the pair's first and latest scoring, largest first",
     "largest margin loss": "Δ margin, most negative first",
     "likelihood displacement": "the chosen log-prob fell while the margin rose; largest fall first",
-    "highest gradient weight": "latest gradient weight (the run's loss's mean pull; DPO's σ(r_rejected − r_chosen)), largest first: what the loss pushes hardest",
+    "highest gradient weight": "latest gradient weight (the run's loss's pull on the margin; DPO's σ(r_rejected − r_chosen)), largest in size first (a negative one pushes the margin down): what the loss pushes hardest",
     "lowest margin now": "latest margin, most negative first: the pairs the policy ranks most wrong",
     "boundary merge": "tokenizing prompt+response as one text would cut differently at the boundary (from the tokenized data)",
     "truncated": "tokens removed by truncation, most first (from the tokenized data)",
@@ -851,7 +854,7 @@ def rank_pairs(run,                # a `Run` (or anything `Run` takes)
     elif how == "likelihood displacement":
         df = rescored[rescored["displaced"].to_numpy()].sort_values("delta_chosen_logps", kind="stable")
         if not len(df): why = f"no displaced {split!r} pair" + ("" if len(rescored) else " (none was scored twice yet)")
-    elif how == "highest gradient weight": df = mc.sort_values("grad_weight_latest", ascending=False, kind="stable")
+    elif how == "highest gradient weight": df = mc.iloc[np.argsort(-mc["grad_weight_latest"].abs().to_numpy(), kind="stable")]
     elif how == "lowest margin now": df = mc.sort_values("margin_latest", kind="stable")
     elif how in ("boundary merge", "truncated"):
         fl = run.flags(split)

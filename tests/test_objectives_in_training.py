@@ -176,3 +176,18 @@ def eval_counts(t):
     d = t.eval_data
     return pd.DataFrame(dict(pair_id=d["pair_id"], chosen_tokens=[len(x) for x in d["chosen_ids"]],
                              rejected_tokens=[len(x) for x in d["rejected_ids"]]))
+
+
+def test_pulls_beyond_dpos_scale_are_drawn_and_ranked_by_size():
+    from dpo_nb.widgets import plot_pair_trajectory, rank_pairs
+    t = trainer(steps=3, learning_rate=5e-2, lr_schedule="constant", warmup_ratio=0.0, loss_type="dpop", dpop_lambda=20.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit()
+    lat = t.history.latest("eval")
+    assert lat["grad_weight"].max() > 1.5  # DPOP pulls a chosen side below the reference 1 + λ times harder
+    top = lat.iloc[lat["grad_weight"].abs().argmax()]
+    lo, hi = plot_pair_trajectory(t.history, int(top["pair_id"]), "eval").layout.yaxis2.range
+    assert lo <= 0 and hi >= top["grad_weight"]  # the whole pull is on the axis
+    ranked = rank_pairs(t.history, "eval", "highest gradient weight")
+    np.testing.assert_allclose(ranked["grad_weight_latest"].abs().to_numpy(), np.sort(lat["grad_weight"].abs().to_numpy())[::-1][:len(ranked)])
