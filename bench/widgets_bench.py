@@ -1,4 +1,4 @@
-"""Benchmark of the widgets (06_widgets): a measurement, not a timed test.
+"""Benchmark of the widgets (06b_widgets): a measurement, not a timed test.
 
 1. Switching pairs in the PairInspector over a History of 10,000 training pairs (+ 500 eval pairs, ~30,000 scorings):
    the time from setting a control (the pair-id box, the ranked list) to the figure and the HTML being updated, in
@@ -190,7 +190,7 @@ def main():
     import torch, plotly, ipywidgets
     load = os.getloadavg()
     md = [
-        "# Widgets benchmark (06_widgets)", "",
+        "# Widgets benchmark (06b_widgets)", "",
         "Figures from `python bench/widgets_bench.py` (a measurement, not a timed test). "
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}, "
         f"plotly {plotly.__version__}, ipywidgets {ipywidgets.__version__}; load average at the end {load[0]:.1f} "

@@ -252,16 +252,16 @@ def test_inspector_in_jupyterlab(tmp_path):
 # --- the static copies an exported page shows ---------------------------------------------------------------------------
 
 def test_exported_html_shows_static_copies(tmp_path):
-    "nbconvert's HTML of 06_widgets (no widget state saved) falls back to each widget's static copy: figures drawn, tokens coloured"
+    "nbconvert's HTML of 06b_widgets (no widget state saved) falls back to each widget's static copy: figures drawn, tokens coloured"
     import plotly
     from playwright.sync_api import sync_playwright
-    nb = ROOT / "nbs" / "06_widgets.ipynb"
+    nb = ROOT / "nbs" / "06b_widgets.ipynb"
     live = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", []))
     assert live >= 8, "the notebook should be committed executed, with its widgets displayed"
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", str(nb), "--output-dir", str(tmp_path)],
                    check=True, capture_output=True, timeout=120)
-    page_file = tmp_path / "06_widgets.html"
+    page_file = tmp_path / "06b_widgets.html"
     plotlyjs = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"   # the CDN's file, served locally (no network here)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:

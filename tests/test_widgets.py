@@ -1,4 +1,4 @@
-"""The widgets of 06_widgets at the Python level: set a control, check the figure data and the text shown.
+"""The widgets of 06b_widgets at the Python level: set a control, check the figure data and the text shown.
 
 Every widget, in the modes that matter (static: scripts, test runners, docs; widget: JupyterLab's FigureWidgets;
 portable: Colab's core ipywidgets with static figures), from a synthetic History, a real tiny trainer (tokens
@@ -100,7 +100,8 @@ def test_modes(monkeypatch):
     assert widget_mode() == "portable"
     monkeypatch.setenv("COLAB_RELEASE_TAG", "x")
     monkeypatch.delenv("DPO_NB_WIDGETS")
-    assert wmod.frontend() == "colab"
+    from dpo_nb.display import frontend
+    assert frontend() == "colab"
     with pytest.raises(ValueError, match="choose one of"): widget_mode("fancy")
 
 
@@ -443,7 +444,7 @@ def test_tokens_html_colours_by_log_ratio():
 # --- the notebook stays light ---------------------------------------------------------------------------------------
 
 def test_notebook_is_light():
-    p = ROOT / "nbs" / "06_widgets.ipynb"
+    p = ROOT / "nbs" / "06b_widgets.ipynb"
     nb = json.loads(p.read_text())
     assert p.stat().st_size < 500_000, p.stat().st_size
     assert "widgets" not in nb["metadata"]                               # no saved widget state
