@@ -16,8 +16,8 @@ from IPython import get_ipython
 from IPython.display import display
 
 # %% auto #0
-__all__ = ['MODES', 'frontend', 'widget_mode', 'plotlyjs_url', 'figure_html', 'figure_bundle', 'figure_widget', 'sync_figure',
-           'WidgetApp']
+__all__ = ['MODES', 'frontend', 'widget_mode', 'static_images', 'figure_image', 'plotlyjs_url', 'figure_html', 'figure_bundle',
+           'figure_widget', 'sync_figure', 'WidgetApp']
 
 # %% ../nbs/06_display.ipynb #74aee372
 MODES = ("widget", "portable", "static")
@@ -50,32 +50,90 @@ def widget_mode(mode: str | None = None # "widget", "portable", "static", or Non
     if where in ("colab", "vscode") or not _has_anywidget(): return "portable"
     return "widget"
 
+# %% ../nbs/06_display.ipynb #2a9e22e6
+_STATIC = {"on": False, "scale": 1.0, "why": "off until static_images() is called"}
+
+def _env_flag(name: str) -> bool | None:
+    v = os.environ.get(name, "").strip().lower()
+    return None if not v else v not in ("0", "false", "no", "off")
+
+def _start_kaleido():
+    "Start one kaleido browser for every image (plotly uses it when running) and check it renders"
+    import kaleido
+    try: kaleido.start_sync_server(silence_warnings=True)
+    except Exception as e:  # already running is fine; anything else shows in the test render below
+        if "already" not in str(e).lower(): raise
+    go.Figure().to_image(format="png", width=20, height=20)
+
+def static_images(on: bool | None = None, # True, False, or None: $DPO_NB_STATIC_IMAGES if set, else on where kaleido is installed, unless $IN_TEST
+                  scale: float = 1.0      # image pixels per figure pixel
+                 ) -> bool:
+    "Give every plotly figure shown from now on a static PNG beside its interactive form; returns whether images are on"
+    import importlib.util
+    if on is None: on = _env_flag("DPO_NB_STATIC_IMAGES")
+    if on is None: on = not os.environ.get("IN_TEST") and importlib.util.find_spec("kaleido") is not None
+    why = "on" if on else "off (static_images(False), $DPO_NB_STATIC_IMAGES=0, $IN_TEST, or kaleido not installed)"
+    if on:
+        try: _start_kaleido()
+        except Exception as e:
+            why, on = f"no static images: {type(e).__name__}: {e}", False
+            warnings.warn(f"static_images: {why}. They need kaleido and Chrome or Chromium (pip install kaleido; then "
+                          "plotly_get_chrome, or a system chromium). Figures show only where plotly.js runs.")
+    if on:  # plotly warns on every image that kaleido's options are ignored while a shared browser runs: it is the one we started
+        warnings.filterwarnings("ignore", message="The kopts argument is ignored if using a server")
+    _STATIC.update(on=on, scale=scale, why=why)
+    renderers = [r for r in pio.renderers.default.split("+") if r and r != "png"] or ["plotly_mimetype"]
+    pio.renderers["png"].scale = scale
+    pio.renderers.default = "+".join(renderers + (["png"] if on else []))
+    return on
+
+def figure_image(fig, fmt: str = "png") -> bytes | None:
+    "`fig` as an image (png, webp, svg) when static images are on, else None"
+    if not _STATIC["on"]: return None
+    return fig.to_image(format=fmt, scale=_STATIC["scale"])
+
 # %% ../nbs/06_display.ipynb #738ac943
 def plotlyjs_url() -> str:
     "Where the HTML forms load plotly.js from: its CDN, at the version this plotly was built with"
     from plotly.offline import get_plotlyjs_version
     return f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
 
-def figure_html(fig,                     # a Figure or FigureWidget
-                fig_json: str | None = None # its `pio.to_json`, if already made
-               ) -> str:
-    "`fig` as an HTML fragment that loads plotly.js from its CDN (plotly.js is not inlined)"
-    import uuid
-    j = (fig_json or pio.to_json(fig, validate=False)).replace("</", "<\\/")
-    div, height = f"dpo-{uuid.uuid4().hex[:12]}", fig.layout.height or 450
-    return (f'<div><script charset="utf-8" src="{plotlyjs_url()}"></script>'
-            f'<div id="{div}" class="plotly-graph-div" style="height:{height}px; width:100%;"></div>'
-            f'<script>(function(){{var f = {j}; if (window.Plotly && document.getElementById("{div}")) '
-            f'Plotly.newPlot("{div}", f.data, f.layout, {{"displaylogo": false, "responsive": true}});}})();</script></div>')
-
 def _title(fig) -> str:
     t = fig.layout.title.text
     return html.unescape(str(t)).split("<br>")[0] if t else "figure"
 
+def _fallback_html(fig, img: bytes | None, fmt: str = "webp") -> str:
+    "What shows until plotly.js draws `fig`: its image, or a message saying why there is none"
+    import base64
+    if img: return f'<img src="data:image/{fmt};base64,{base64.b64encode(img).decode()}" alt="{html.escape(_title(fig))}" style="max-width:100%">'
+    return (f'<div style="border:1px dashed #bbb;padding:0.8em;color:#a60;font-family:sans-serif">{html.escape(_title(fig))}: '
+            f'this figure is drawn by plotly.js, loaded from {html.escape(plotlyjs_url())}, which did not load here (offline, or '
+            f'a viewer that runs no JavaScript). Open the notebook in Jupyter, or save it with '
+            f'<code>dpo_nb.display.static_images()</code> on for a static image.</div>')
+
+# %% ../nbs/06_display.ipynb #35fa23a4
+def figure_html(fig,                     # a Figure or FigureWidget
+                fig_json: str | None = None # its `pio.to_json`, if already made
+               ) -> str:
+    "`fig` as an HTML fragment that loads plotly.js from its CDN (not inlined), with its image (or a message) until it does"
+    import uuid
+    j = (fig_json or pio.to_json(fig, validate=False)).replace("</", "<\\/")
+    div, height = f"dpo-{uuid.uuid4().hex[:12]}", fig.layout.height or 450
+    fallback = _fallback_html(fig, figure_image(fig, "webp"))  # webp: a third of a PNG's size, in every current browser
+    return (f'<div><div class="dpo-fig-fallback" id="{div}-fallback">{fallback}</div>'
+            f'<script charset="utf-8" src="{plotlyjs_url()}"></script>'
+            f'<div id="{div}" class="plotly-graph-div" style="height:{height}px; width:100%; display:none"></div>'
+            f'<script>(function(){{var f = {j}; var d = document.getElementById("{div}"); if (window.Plotly && d) {{'
+            f'd.style.display = "block"; Plotly.newPlot("{div}", f.data, f.layout, {{"displaylogo": false, "responsive": true}}); '
+            f'var b = document.getElementById("{div}-fallback"); if (b) b.remove();}}}})();</script></div>')
+
 def figure_bundle(fig) -> dict:
-    "A display bundle of a static figure: plotly JSON (JupyterLab), HTML with plotly.js from the CDN (HTML export, docs, Colab), text"
+    "A display bundle of a static figure: plotly JSON (JupyterLab), a PNG when static images are on, else HTML with plotly.js from the CDN; text"
+    import base64
     j = pio.to_json(fig, validate=False)
-    return {"application/vnd.plotly.v1+json": json.loads(j), "text/html": figure_html(fig, j), "text/plain": f"<plotly figure: {_title(fig)}>"}
+    png = figure_image(fig, "png")
+    rich = {"image/png": base64.b64encode(png).decode()} if png else {"text/html": figure_html(fig, j)}
+    return {"application/vnd.plotly.v1+json": json.loads(j), **rich, "text/plain": f"<plotly figure: {_title(fig)}>"}
 
 # %% ../nbs/06_display.ipynb #00747499
 def _stale(old: dict, new: dict) -> dict:

@@ -126,7 +126,9 @@ def _fill_curves(self: TrainingDashboard, fig) -> bool:
         if data and any(a.name == "no-data" for a in fig.layout.annotations):  # the first point: the note goes
             fig.layout.annotations = [a for a in fig.layout.annotations if a.name != "no-data"]
         a = self.smooth_w.value
-        fig.layout.title.text = self._title + (f" · per-step curves EMA-smoothed ({a:.2f})" if a > 0 and len(s) else "")
+        fig.layout.title.text = self._title  # the smoothing as a subtitle: one long title is cut at the figure's edge
+        sub = f"per-step curves EMA-smoothed ({a:.2f})" if a > 0 and len(s) else None
+        fig.layout.title.subtitle.text, fig.layout.margin.t = sub, (110 if sub else None)  # the subtitle above the panels' titles
     return True
 
 @patch
@@ -512,13 +514,17 @@ def _on_split(self: MarginExplorer, change):
     finally: self._busy = False
     self._picks, self.picked = {}, []
     self.refresh()
+    ins = self.inspector  # the inspector underneath follows the split: its pairs are this split's
+    if ins is not None and ins.split != change["new"] and any((o[1] if isinstance(o, tuple) else o) == change["new"] for o in ins.split_w.options):
+        ins.split_w.value = change["new"]
 
 @patch
 def refresh(self: MarginExplorer):
     "Redraw for the current split and window"
     h, split = self.run.history, self.split_w.value
     since, until = self._window()
-    self.set_figure("margins", plot_margin_change(h, split, since=since, until=until))
+    self.margins_since = self._margins_since(split, since, until)
+    self.set_figure("margins", plot_margin_change(h, split, since=self.margins_since, until=until))
     self.set_figure("quadrants", plot_displacement(h, split, since=since, until=until))
     mc = h.margin_change(split, since=since, until=until)
     mc = mc[((mc["step_latest"] > mc["step_first"]) & mc["delta_chosen_logps"].notna() & mc["delta_rejected_logps"].notna()).to_numpy()]
@@ -527,6 +533,16 @@ def refresh(self: MarginExplorer):
     self._fill_list()
     if self.mode == "widget": self._hook()
     return self
+
+@patch
+def _margins_since(self: MarginExplorer, split, since, until):
+    "Where the margin scatter starts: `since`; or, over the whole run, the second scoring when every first one is at margin 0"
+    if since is not None: return since
+    mc = self.run.history.margin_change(split, until=until)
+    steps = np.unique(self.run.history.pairs["step"].to_numpy()[self.run.history.pairs["split"].to_numpy() == split])
+    if len(mc) and len(steps) >= 3 and np.allclose(mc["margin_first"].dropna(), 0):
+        return int(steps[1])  # at its first scoring the policy was the reference: a vertical stripe at 0 shows nothing
+    return None
 
 @patch
 def _counts_html(self: MarginExplorer) -> str:

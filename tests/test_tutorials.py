@@ -58,6 +58,7 @@ def test_tutorial(path):
 
 
 if __name__ == "__main__":  # execute tutorials in place, outputs kept
+    os.environ.setdefault("DPO_NB_STATIC_IMAGES", "1")  # saved for readers: a static image beside each figure (06_display)
     for p in map(Path, sys.argv[1:] or TUTORIALS):
         t0 = time.perf_counter()
         nb = clean(execute(p.resolve()))

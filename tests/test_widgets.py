@@ -446,7 +446,7 @@ def test_tokens_html_colours_by_log_ratio():
 def test_notebook_is_light():
     p = ROOT / "nbs" / "06b_widgets.ipynb"
     nb = json.loads(p.read_text())
-    assert p.stat().st_size < 500_000, p.stat().st_size
+    assert p.stat().st_size < 1_000_000, p.stat().st_size                   # static images (06_display) included
     assert "widgets" not in nb["metadata"]                               # no saved widget state
     for c in nb["cells"]:
         for o in c.get("outputs", []):
@@ -471,3 +471,39 @@ def test_whatif_replays_a_run_that_mixed_loss_types():
     w.loss_w.value = "bco_pair"  # one type: the mix's weights do not apply
     assert "loss_weights" not in w.settings and w.eps_w.disabled
     assert "sigmoid+bco_pair" in w.to_html()
+
+
+# --- what the browser showed: figures that show movement, titles that fit, an inspector that follows -------------------
+
+def test_margin_scatter_starts_where_margins_moved(h):
+    ex = MarginExplorer(h, mode="static")
+    first = h.margin_change("eval")["margin_first"]
+    assert np.allclose(first.dropna(), 0)                                  # the run's first eval: policy == reference
+    second = sorted(h.pairs.loc[h.pairs["split"] == "eval", "step"].unique())[1]
+    assert ex.margins_since == second and f"steps {second}" in ex.figures["margins"].layout.title.text
+    xs = np.concatenate([np.asarray(t.x, float) for t in ex.figures["margins"].data[:2]])
+    assert np.abs(xs).max() > 0.01                                          # not a vertical stripe at 0
+    assert ex.figures["quadrants"].layout.title.text.endswith("latest scoring)")   # the quadrants still count from the first
+    ex.window_w.value = (0, ex.window_w.max)
+    assert ex.margins_since == second                                       # the whole run's window: same default
+    third = sorted(h.pairs.loc[h.pairs["split"] == "eval", "step"].unique())[2]
+    ex.window_w.value = (third, ex.window_w.max)
+    assert ex.margins_since == third and f"steps {third}" in ex.figures["margins"].layout.title.text  # a window asked for: kept
+
+
+def test_inspector_follows_the_explorers_split(h):
+    ex = MarginExplorer(h, mode="static")
+    assert ex.inspector.split == "eval"
+    ex.split_w.value = "train"
+    assert ex.inspector.split == "train"
+    assert ex.inspector.pair_id in set(h.pairs.loc[h.pairs["split"] == "train", "pair_id"])
+
+
+def test_dashboard_smoothing_is_a_subtitle(h):
+    d = TrainingDashboard(h, mode="static")
+    title = d.figures["curves"].layout.title.text
+    d.smooth_w.value = 0.9
+    f = d.figures["curves"]
+    assert f.layout.title.text == title and "0.90" in f.layout.title.subtitle.text and f.layout.margin.t >= 100
+    d.smooth_w.value = 0.0
+    assert d.figures["curves"].layout.title.subtitle.text is None
