@@ -21,11 +21,24 @@ from torch.utils.checkpoint import checkpoint
 from .data import PairCollator, load_preferences, tokenize_pairs
 
 # %% auto #0
-__all__ = ['LOGITS_BUDGET', 'KEEP_LOGITS', 'response_positions', 'model_device', 'lm_head_logits', 'VocabTiledLogps',
-           'chunked_target_logps', 'lean_path_ok', 'concat_pair_batch', 'sequence_logps', 'router_aux_loss',
-           'concat_response_logps', 'chunked_target_logps_from_logits', 'pair_layout', 'shared_prefix_logps',
-           'prefix_sharing_tokens', 'prefix_sharing_pays', 'prefix_sharing_ok', 'response_logps', 'ld_weighted',
-           'log_sum_sq_probs', 'logits_memory', 'measure_peak_memory', 'score_pairs', 'token_kl']
+__all__ = ['LOGITS_BUDGET', 'KEEP_LOGITS', 'plain_sequence_logps', 'response_positions', 'model_device', 'lm_head_logits',
+           'chunked_target_logps', 'VocabTiledLogps', 'lean_path_ok', 'concat_pair_batch', 'sequence_logps',
+           'chunked_target_logps_from_logits', 'router_aux_loss', 'concat_response_logps', 'pair_layout',
+           'shared_prefix_logps', 'prefix_sharing_tokens', 'prefix_sharing_pays', 'prefix_sharing_ok', 'response_logps',
+           'ld_weighted', 'log_sum_sq_probs', 'logits_memory', 'measure_peak_memory', 'score_pairs', 'token_kl']
+
+# %% ../nbs/01_logps.ipynb #b1c3d2e5
+def plain_sequence_logps(model,  # any causal LM
+                         input_ids: torch.Tensor,  # [rows, seq] token ids, right-padded, on the model's device
+                         attention_mask: torch.Tensor,  # [rows, seq] 1 on real tokens
+                         response_mask: torch.Tensor,  # [rows, seq] 1 on the tokens to score
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-token log-probs `[rows, seq]` (0 off the response) and their sums `[rows]`: the plain recipe, from the full logits."
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [rows, seq, vocab]
+    logps = logits[:, :-1].float().log_softmax(-1)                      # at position t-1: log π(· | s_<t)
+    next_logps = logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)   # log π(s_t | s_<t)
+    per_token = F.pad(next_logps * response_mask[:, 1:], (1, 0))        # the response's only; token 0 has none
+    return per_token, per_token.sum(-1)
 
 # %% ../nbs/01_logps.ipynb #ace49312
 def response_positions(input_ids: torch.Tensor,  # [rows, seq] token ids
@@ -72,7 +85,29 @@ def _vocab_size(model) -> int:
     w = getattr(head, "weight", None)
     return int(w.shape[0]) if w is not None and w.ndim == 2 else int(model.config.vocab_size)
 
+# %% ../nbs/01_logps.ipynb #c786673a
+def chunked_target_logps(model, hidden: torch.Tensor,  # [n, hidden] states at the predicting positions
+                         targets: torch.Tensor,  # [n] token ids to score
+                         chunk_size: int = 1024,  # most rows through the LM head at once
+                         ) -> torch.Tensor:
+    "log p(target | context) for each row, never holding more than `chunk_size` rows or `LOGITS_BUDGET` logits."
+    V, head = _vocab_size(model), model.get_output_embeddings()
+    if type(head) is torch.nn.Linear and not hasattr(head, "_hf_hook") and len(targets) * V > KEEP_LOGITS:
+        # a plain head whose weight is at hand (not offloaded behind accelerate's hooks): tile the vocabulary
+        hidden = hidden.to(head.weight.device)  # (a model dispatched over devices may hold its head elsewhere)
+        tile = min(V, max(256, LOGITS_BUDGET // max(1, len(targets))))
+        return VocabTiledLogps.apply(hidden, head.weight, head.bias, targets.to(hidden.device), tile, *_logit_transform(model))
+    rows = max(1, min(chunk_size, LOGITS_BUDGET // V))
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and len(targets) * V > KEEP_LOGITS
+    out = []
+    for s in range(0, len(targets), rows):
+        h, t = hidden[s:s + rows], targets[s:s + rows]
+        if recompute:  # keep h, recompute the logits in backward
+            out.append(checkpoint(_target_logps, model, h, t, use_reentrant=False))
+        else: out.append(_target_logps(model, h, t))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
+# %% ../nbs/01_logps.ipynb #7be85f74
 def _logit_transform(model) -> tuple[float, float | None]:
     "(multiplier, soft cap): what `lm_head_logits` does to the head's output, as two numbers."
     c, mult = model.config, 1.0
@@ -95,77 +130,58 @@ def _vocab_tile(hidden, weight, bias, s, e, mult, cap):
 try: _amp_fwd, _amp_bwd = torch.amp.custom_fwd(device_type="cuda"), torch.amp.custom_bwd(device_type="cuda")
 except AttributeError: _amp_fwd, _amp_bwd = torch.cuda.amp.custom_fwd, torch.cuda.amp.custom_bwd  # torch < 2.4
 
+# %% ../nbs/01_logps.ipynb #23a4fa50
+def _tiled_forward(ctx, hidden, weight, bias, targets, tile: int, mult: float = 1.0, cap: float | None = None):
+    "`VocabTiledLogps`'s forward: log p(target) per row in one sweep over vocabulary tiles (a running max and sum of exps)."
+    n, V = hidden.shape[0], weight.shape[0]
+    acc = torch.promote_types(hidden.dtype, torch.float32)
+    m = torch.full((n,), -math.inf, dtype=acc, device=hidden.device)  # running max
+    se, tgt = torch.zeros_like(m), torch.zeros_like(m)  # running sum of exp(z - m), target logit
+    rows = torch.arange(n, device=hidden.device)
+    for s in range(0, V, tile):
+        e = min(s + tile, V)
+        z, _ = _vocab_tile(hidden, weight, bias, s, e, mult, cap)
+        inside = (targets >= s) & (targets < e)
+        tgt = torch.where(inside, z[rows, (targets - s).clamp(0, e - s - 1)], tgt)
+        new_m = torch.maximum(m, z.amax(-1))
+        se = se * torch.exp(m - new_m) + z.sub_(new_m[:, None]).exp_().sum(-1)
+        m = new_m
+    lse = m + se.log()
+    ctx.save_for_backward(hidden, weight, bias, targets, lse)
+    ctx.tile, ctx.mult, ctx.cap = tile, mult, cap
+    return tgt - lse
+
+# %% ../nbs/01_logps.ipynb #d05dfd97
+def _tiled_backward(ctx, g):
+    "`VocabTiledLogps`'s backward: a second sweep that recomputes each tile and turns it into the gradient in place."
+    hidden, weight, bias, targets, lse = ctx.saved_tensors
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    acc = lse.dtype
+    g, hf = g.to(acc), hidden.to(acc)
+    n, V = hidden.shape[0], weight.shape[0]
+    gh = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
+    gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    gb = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+    rows = torch.arange(n, device=hidden.device)
+    for s in range(0, V, ctx.tile):
+        e = min(s + ctx.tile, V)
+        z, t = _vocab_tile(hidden, weight, bias, s, e, ctx.mult, ctx.cap)
+        dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # d/dz of (z_target - logsumexp z), times g: g (1[target] - p)
+        inside = (targets >= s) & (targets < e)
+        dz[rows[inside], targets[inside] - s] += g[inside]
+        if t is not None: dz.mul_(1 - t * t)  # through z = cap * tanh(y / cap)
+        if ctx.mult != 1.0: dz.mul_(ctx.mult)
+        if need_h: gh.addmm_(dz, weight[s:e].to(acc))
+        if need_w: gw[s:e] = dz.t() @ hf
+        if need_b: gb[s:e] = dz.sum(0)
+    return (gh.to(hidden.dtype) if need_h else None, gw.to(weight.dtype) if need_w else None,
+            gb.to(bias.dtype) if need_b else None, None, None, None, None)
+
 
 class VocabTiledLogps(torch.autograd.Function):
     "log p(target) through a plain linear LM head, one vocabulary tile at a time (online logsumexp): no `[n, vocab]` logits."
-    @staticmethod
-    @_amp_fwd
-    def forward(ctx, hidden, weight, bias, targets, tile: int, mult: float = 1.0, cap: float | None = None):
-        n, V = hidden.shape[0], weight.shape[0]
-        acc = torch.promote_types(hidden.dtype, torch.float32)
-        m = torch.full((n,), -math.inf, dtype=acc, device=hidden.device)  # running max
-        se, tgt = torch.zeros_like(m), torch.zeros_like(m)  # running sum of exp(z - m), target logit
-        rows = torch.arange(n, device=hidden.device)
-        for s in range(0, V, tile):
-            e = min(s + tile, V)
-            z, _ = _vocab_tile(hidden, weight, bias, s, e, mult, cap)
-            inside = (targets >= s) & (targets < e)
-            tgt = torch.where(inside, z[rows, (targets - s).clamp(0, e - s - 1)], tgt)
-            new_m = torch.maximum(m, z.amax(-1))
-            se = se * torch.exp(m - new_m) + z.sub_(new_m[:, None]).exp_().sum(-1)
-            m = new_m
-        lse = m + se.log()
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.tile, ctx.mult, ctx.cap = tile, mult, cap
-        return tgt - lse
-
-    @staticmethod
-    @_amp_bwd
-    def backward(ctx, g):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        acc = lse.dtype
-        g, hf = g.to(acc), hidden.to(acc)
-        n, V = hidden.shape[0], weight.shape[0]
-        gh = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
-        gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        gb = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
-        rows = torch.arange(n, device=hidden.device)
-        for s in range(0, V, ctx.tile):
-            e = min(s + ctx.tile, V)
-            z, t = _vocab_tile(hidden, weight, bias, s, e, ctx.mult, ctx.cap)
-            dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # d/dz of (z_target - logsumexp z), times g: g (1[target] - p)
-            inside = (targets >= s) & (targets < e)
-            dz[rows[inside], targets[inside] - s] += g[inside]
-            if t is not None: dz.mul_(1 - t * t)  # through z = cap * tanh(y / cap)
-            if ctx.mult != 1.0: dz.mul_(ctx.mult)
-            if need_h: gh.addmm_(dz, weight[s:e].to(acc))
-            if need_w: gw[s:e] = dz.t() @ hf
-            if need_b: gb[s:e] = dz.sum(0)
-        return (gh.to(hidden.dtype) if need_h else None, gw.to(weight.dtype) if need_w else None,
-                gb.to(bias.dtype) if need_b else None, None, None, None, None)
-
-
-def chunked_target_logps(model, hidden: torch.Tensor,  # [n, hidden] states at the predicting positions
-                         targets: torch.Tensor,  # [n] token ids to score
-                         chunk_size: int = 1024,  # most rows through the LM head at once
-                         ) -> torch.Tensor:
-    "log p(target | context) for each row, never holding more than `chunk_size` rows or `LOGITS_BUDGET` logits."
-    V, head = _vocab_size(model), model.get_output_embeddings()
-    if type(head) is torch.nn.Linear and not hasattr(head, "_hf_hook") and len(targets) * V > KEEP_LOGITS:
-        # a plain head whose weight is at hand (not offloaded behind accelerate's hooks): tile the vocabulary
-        hidden = hidden.to(head.weight.device)  # (a model dispatched over devices may hold its head elsewhere)
-        tile = min(V, max(256, LOGITS_BUDGET // max(1, len(targets))))
-        return VocabTiledLogps.apply(hidden, head.weight, head.bias, targets.to(hidden.device), tile, *_logit_transform(model))
-    rows = max(1, min(chunk_size, LOGITS_BUDGET // V))
-    recompute = torch.is_grad_enabled() and hidden.requires_grad and len(targets) * V > KEEP_LOGITS
-    out = []
-    for s in range(0, len(targets), rows):
-        h, t = hidden[s:s + rows], targets[s:s + rows]
-        if recompute:  # keep h, recompute the logits in backward
-            out.append(checkpoint(_target_logps, model, h, t, use_reentrant=False))
-        else: out.append(_target_logps(model, h, t))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+    forward = staticmethod(_amp_fwd(_tiled_forward))
+    backward = staticmethod(_amp_bwd(_tiled_backward))
 
 # %% ../nbs/01_logps.ipynb #af73164a
 def lean_path_ok(model) -> bool:
@@ -204,7 +220,7 @@ def concat_pair_batch(batch: dict, pad_token_id: int = 0) -> dict:
     return dict(input_ids=cat("input_ids", pad_token_id), attention_mask=cat("attention_mask", 0),
                 response_mask=cat("response_mask", 0))
 
-
+# %% ../nbs/01_logps.ipynb #7d7a8eb9
 def sequence_logps(model,  # any transformers causal LM (or a peft model around one)
                    input_ids: torch.Tensor,  # [rows, seq], right-padded
                    attention_mask: torch.Tensor,  # [rows, seq]
@@ -235,6 +251,12 @@ def sequence_logps(model,  # any transformers causal LM (or a peft model around 
     return (per_token, per_token.sum(-1)) + ((aux,) if router_aux else ()) + ((place(sq),) if sum_sq else ())
 
 
+def chunked_target_logps_from_logits(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
+    "log p(target) from ready logits rows, a chunk of rows at a time in float32."
+    return torch.cat([logits[s:s + chunk_size].float().log_softmax(-1).gather(-1, targets[s:s + chunk_size, None]).squeeze(-1)
+                      for s in range(0, len(targets), chunk_size)]) if len(targets) else logits.new_zeros(0)
+
+# %% ../nbs/01_logps.ipynb #e8697977
 def router_aux_loss(model, router_logits, attention_mask) -> torch.Tensor:
     "The mixture-of-experts load-balancing loss of one forward, by the model family's own `load_balancing_loss_func`."
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -245,7 +267,7 @@ def router_aux_loss(model, router_logits, attention_mask) -> torch.Tensor:
     top_k = getattr(base, "num_experts_per_tok", None) or text.num_experts_per_tok
     return fn(router_logits, experts, top_k, attention_mask)
 
-
+# %% ../nbs/01_logps.ipynb #d2ad1730
 def concat_response_logps(model,  # any transformers causal LM (or a peft model around one)
                           batch: dict,  # a `PairCollator` batch
                           chunk_size: int = 1024,  # response tokens through the LM head at once
@@ -264,12 +286,6 @@ def concat_response_logps(model,  # any transformers causal LM (or a peft model 
     if router_aux: out["aux_loss"] = more[0]
     if sum_sq: out.update(chosen_token_log_sum_sq=more[-1][:B, :Lc], rejected_token_log_sum_sq=more[-1][B:, :Lr])
     return out
-
-
-def chunked_target_logps_from_logits(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
-    "log p(target) from ready logits rows, a chunk of rows at a time in float32."
-    return torch.cat([logits[s:s + chunk_size].float().log_softmax(-1).gather(-1, targets[s:s + chunk_size, None]).squeeze(-1)
-                      for s in range(0, len(targets), chunk_size)]) if len(targets) else logits.new_zeros(0)
 
 # %% ../nbs/01_logps.ipynb #0789fb9a
 def pair_layout(batch: dict,  # a `PairCollator` batch
@@ -305,7 +321,41 @@ def _new_cache(model):
     try: return DynamicCache(config=model.config)
     except TypeError: return DynamicCache()  # older transformers
 
+# %% ../nbs/01_logps.ipynb #15b7bd90
+def _shared_layout(ci, ri, plen, nc, nr) -> dict:
+    "Steps 1 and 3: the prompts left-padded into `[B, P]`, the responses right-padded into `[2B, R]` (rows 2b, 2b+1: pair b's chosen and rejected)."
+    dev, P = ci.device, int(plen.max())
+    # 1. prompts, left-padded into [B, P]: slot j of row b holds token j - (P - p_b) of the prompt
+    src = torch.arange(P, device=dev) - (P - plen)[:, None]
+    pmask = src >= 0
+    prompt_ids = torch.where(pmask, ci.gather(1, src.clamp(min=0)), 0)
+    # 3. responses, right-padded into [2B, R]: row 2b is pair b's chosen response, row 2b+1 its rejected one
+    n = torch.stack([nc, nr], 1).flatten()
+    R, L = int(n.max()), max(ci.shape[1], ri.shape[1])
+    both = torch.stack([_pad_to(ci, L, 0), _pad_to(ri, L, 0)], 1).flatten(0, 1)  # [2B, L], rows interleaved
+    plen2, cols = plen.repeat_interleave(2), torch.arange(R, device=dev)
+    rmask = cols < n[:, None]
+    resp_ids = torch.where(rmask, both.gather(1, (plen2[:, None] + cols).clamp(max=L - 1)), 0)
+    return dict(prompt_ids=prompt_ids, prompt_mask=pmask, prompt_pos=src.clamp(min=0), resp_ids=resp_ids, resp_mask=rmask,
+                resp_pos=plen2[:, None] + cols[:R - 1])  # (the response pass's inputs: every response token but the last)
 
+# %% ../nbs/01_logps.ipynb #a0eb28fc
+def _shared_states(model, lay: dict) -> torch.Tensor:
+    "Steps 2 and 4: `[2B, R, H]` decoder states, column j predicting response token j; the prompts run once, into a shared KV cache."
+    dec, cache = model.get_decoder(), _new_cache(model)
+    kw = {_cache_kwarg(dec): cache}
+    pmask, rmask, R = lay["prompt_mask"], lay["resp_mask"], lay["resp_ids"].shape[1]
+    hp = dec(input_ids=lay["prompt_ids"], attention_mask=pmask.long(), position_ids=lay["prompt_pos"], use_cache=True,
+             **kw).last_hidden_state
+    first = hp[:, -1:].repeat_interleave(2, 0)  # [2B, 1, H]: the last prompt state predicts response token 0
+    if R == 1: return first
+    cache.batch_repeat_interleave(2)  # 2. each prompt's keys and values, once per response
+    att = torch.cat([pmask.repeat_interleave(2, 0), rmask[:, :R - 1]], 1).long()
+    hr = dec(input_ids=lay["resp_ids"][:, :R - 1], attention_mask=att, position_ids=lay["resp_pos"], use_cache=True,
+             **kw).last_hidden_state
+    return torch.cat([first, hr], 1)  # 4. column j predicts response token j
+
+# %% ../nbs/01_logps.ipynb #112dfb3f
 def shared_prefix_logps(model,  # a causal LM whose decoder takes a KV cache (see `prefix_sharing_ok`)
                         batch: dict,  # a `PairCollator` batch
                         chunk_size: int = 1024,  # response tokens through the LM head at once
@@ -319,33 +369,12 @@ def shared_prefix_logps(model,  # a causal LM whose decoder takes a KV cache (se
     dev = model_device(model)
     ci, ri = batch["chosen_input_ids"].to(dev), batch["rejected_input_ids"].to(dev)
     plen, nc, nr = (layout[k].to(dev) for k in ("prompt_lengths", "chosen_lengths", "rejected_lengths"))
-    B, P, Lc, Lr = ci.shape[0], int(plen.max()), ci.shape[1], ri.shape[1]
-    # 1. prompts, left-padded into [B, P]: slot j of row b holds token j - (P - p_b) of the prompt
-    src = torch.arange(P, device=dev) - (P - plen)[:, None]
-    pmask = src >= 0
-    prompt_ids = torch.where(pmask, ci.gather(1, src.clamp(min=0)), 0)
-    # 3. responses, right-padded into [2B, R]: row 2b is pair b's chosen response, row 2b+1 its rejected one
-    n = torch.stack([nc, nr], 1).flatten()
-    R, L = int(n.max()), max(Lc, Lr)
-    both = torch.stack([_pad_to(ci, L, 0), _pad_to(ri, L, 0)], 1).flatten(0, 1)  # [2B, L], rows interleaved
-    plen2, cols = plen.repeat_interleave(2), torch.arange(R, device=dev)
-    rmask = cols < n[:, None]
-    resp_ids = torch.where(rmask, both.gather(1, (plen2[:, None] + cols).clamp(max=L - 1)), 0)
-    dec, cache = model.get_decoder(), _new_cache(model)
-    kw = {_cache_kwarg(dec): cache}
-    hp = dec(input_ids=prompt_ids, attention_mask=pmask.long(), position_ids=src.clamp(min=0), use_cache=True,
-             **kw).last_hidden_state
-    first = hp[:, -1:].repeat_interleave(2, 0)  # [2B, 1, H]: the last prompt state predicts response token 0
-    if R > 1:
-        cache.batch_repeat_interleave(2)  # 2. each prompt's keys and values, once per response
-        att = torch.cat([pmask.repeat_interleave(2, 0), rmask[:, :R - 1]], 1).long()
-        hr = dec(input_ids=resp_ids[:, :R - 1], attention_mask=att, position_ids=plen2[:, None] + cols[:R - 1],
-                 use_cache=True, **kw).last_hidden_state
-        pred = torch.cat([first, hr], 1)  # 4. column j predicts response token j
-    else: pred = first
-    rows, rcols = rmask.nonzero(as_tuple=True)
+    B, Lc, Lr = ci.shape[0], ci.shape[1], ri.shape[1]
+    lay = _shared_layout(ci, ri, plen, nc, nr)  # 1. and 3.
+    pred = _shared_states(model, lay)  # 2. and 4.
+    rows, rcols = lay["resp_mask"].nonzero(as_tuple=True)
     h = pred[rows, rcols]
-    tok = chunked_target_logps(model, h, resp_ids[rows, rcols], chunk_size).to(dev)
+    tok = chunked_target_logps(model, h, lay["resp_ids"][rows, rcols], chunk_size).to(dev)
     pair, chosen = rows // 2, rows % 2 == 0
     at = plen[pair] + rcols  # each token's position in the collator's right-padded layout
     place = lambda v, side, L: torch.zeros(B, L, dtype=torch.float32, device=dev).index_put((pair[side], at[side]), v[side])
@@ -416,7 +445,7 @@ def prefix_sharing_ok(model) -> bool:
     except Exception: pass
     return ok
 
-
+# %% ../nbs/01_logps.ipynb #76fcb4f6
 _STATIC_ROPES = ("default", "linear", "llama3", "yarn", None)  # rope types whose frequencies do not depend on the length
 
 

@@ -89,19 +89,20 @@ class DPOConfig:
 
     def __post_init__(self): check_config(self)  # (below) every field's type and range, when the config is made
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        "A config from a dict (e.g. read from JSON or YAML), refusing unknown keys."
-        d = dict(d)
-        if "dtype" in d and "mixed_precision" not in d:  # this setting's earlier name (configs and checkpoints saved before)
-            v = d.pop("dtype"); d["mixed_precision"] = "no" if v == "fp32" else v
-            if v not in (None, "fp32"):
-                warnings.warn(f"DPOConfig setting dtype={v!r} is now mixed_precision={v!r}; a 16-bit format asked for by name "
-                              "now applies on a CPU too (before: on a GPU only). Set mixed_precision=None for the old behaviour")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown: raise ConfigError(f"unknown DPOConfig settings: {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+# %% ../nbs/03_train.ipynb #75765130
+@patch(cls_method=True)
+def from_dict(cls: DPOConfig, d: dict) -> DPOConfig:
+    "A config from a dict (e.g. read from JSON or YAML), refusing unknown keys."
+    d = dict(d)
+    if "dtype" in d and "mixed_precision" not in d:  # this setting's earlier name (configs and checkpoints saved before)
+        v = d.pop("dtype"); d["mixed_precision"] = "no" if v == "fp32" else v
+        if v not in (None, "fp32"):
+            warnings.warn(f"DPOConfig setting dtype={v!r} is now mixed_precision={v!r}; a 16-bit format asked for by name "
+                          "now applies on a CPU too (before: on a GPU only). Set mixed_precision=None for the old behaviour")
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown: raise ConfigError(f"unknown DPOConfig settings: {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**d)
 
 # %% ../nbs/03_train.ipynb #c070cfa4
 class ConfigError(ValueError):
@@ -125,7 +126,7 @@ _RANGES = dict(  # field: (test, what the value must be)
     **{k: (lambda v: v >= 1, ">= 1") for k in ("batch_size", "grad_accum_steps", "chunk_size", "ref_batch_size",
                                               "kl_prompts", "kl_max_new_tokens")})
 
-
+# %% ../nbs/03_train.ipynb #58af372c
 def _type_ok(value, annotation: str) -> bool:
     "Whether `value` fits a field annotated `annotation` (\"float\", \"int | None\", ...); bools are not numbers here."
     kinds = [k.strip() for k in annotation.split("|")]
@@ -266,6 +267,7 @@ def _trl_special(given: dict, out: dict, defaults: dict) -> set:
     out["max_prompt_length"] = None  # TRL cuts the whole sequence, never the prompt alone
     return {"bf16", "fp16", "lr_scheduler_type", "warmup_steps", "eval_strategy", "eval_steps", "truncation_mode"}
 
+# %% ../nbs/03_train.ipynb #3325793b
 @patch(cls_method=True)
 def from_trl(cls: DPOConfig, trl_config) -> DPOConfig:
     "A DPOConfig from a TRL DPOConfig (or a dict of its fields): each counterpart mapped, each other setting refused by name."
@@ -442,7 +444,7 @@ def _check_token_ids(ds, n_emb: int, split: str):
                                           "tokenizer. Tokenize them with the model's own, or pass load_preferences output so "
                                           "that the trainer does")
 
-
+# %% ../nbs/03_train.ipynb #c1fea054
 class DPOTrainer:
     "Direct Preference Optimization of `model` on `train_data`, recording every pair in `self.history`."
     def __init__(self, model,  # a transformers causal LM, or a peft model around one
@@ -470,13 +472,7 @@ class DPOTrainer:
         if self.dist is not None and self.device.type != "cpu": self.device = self.dist.device  # this process's GPU
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must divide evenly among the {self.world} processes")
-        self.train_data = _tokenized(train_data, tokenizer, cfg, "train", _resumed)  # the data first: a bad row is found before any model work
-        self.eval_data = _tokenized(eval_data, tokenizer, cfg, "eval", _resumed) if eval_data is not None else None
-        n_emb = min(m.get_input_embeddings().num_embeddings for m in (model, ref_model) if m is not None)
-        for split, ds in (("train", self.train_data), ("eval", self.eval_data)):
-            if ds is not None: _check_token_ids(ds, n_emb, split)
-        self.data_report = data_report(self.train_data)
-        self.eval_data_report = data_report(self.eval_data) if self.eval_data is not None else None
+        self._take_data(train_data, eval_data, (model, ref_model), _resumed)  # the data first: a bad row is found before any model work
         precision = self._prepare_models(model, ref_model, _ref_mode)
         if self.world > 1:  # every process starts from process 0's weights
             with torch.no_grad():
@@ -492,30 +488,12 @@ class DPOTrainer:
         self.reward_fn = reward_fn
         self.step, self.nonfinite_skipped, self.amp_overflow_steps = 0, 0, 0
         self.total_steps = cfg.max_steps or max(1, math.floor(cfg.epochs * (len(self.train_data) // cfg.batch_size) / cfg.grad_accum_steps))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None  # fp16: loss scaling
+        self._make_optimizer()  # AdamW, the learning-rate schedule, and (fp16) the loss scaler
         self.history = history or History()
-        self.history.meta.update(dict(beta=cfg.beta, loss_type=cfg.loss_type, config=asdict(cfg), ref_mode=self.ref_mode, total_steps=self.total_steps,
-                                      processes=self.world, precision=precision, router_aux_loss_coef=self.aux_coef,
-                                      model=getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)))
-        if history is None or "data" not in self.history.meta:
-            self.history.meta["data"] = {k: r.to_dict() if r is not None else None
-                                         for k, r in (("train", self.data_report), ("eval", self.eval_data_report))}
-        if history is None: self.history.meta["left_out"] = self._left_out()
-        if history is None: self._record_texts()
+        self._record_run(model, precision, fresh=history is None)  # settings, data reports; a new run's left-out pairs and texts
         self.ref_cache_log = {}
         self.ref_logps = _ref_logps if _ref_logps is not None else self._precompute_reference()
         self.probe_ids = self._pick_probes()
-
-    def _batch(self, index: int) -> tuple[list[int], int]:
-        "Rows (of the global batch) and epoch of micro-batch `index`; the epoch's batches are computed once."
-        cfg, n = self.config, len(self.train_data)
-        epoch, i = divmod(index, max(1, n // cfg.batch_size))  # (too few pairs: epoch_batches says so)
-        if self._epoch_cache[0] != epoch:
-            self._epoch_cache = (epoch, epoch_batches(n, cfg.batch_size, cfg.seed, epoch, self.lengths))
-        return self._epoch_cache[1][i], epoch
 
     @staticmethod
     def _check_vocab(model, tokenizer):
@@ -525,57 +503,63 @@ class DPOTrainer:
                              "ids past the table would index out of range. Use the model's own tokenizer, or call "
                              "model.resize_token_embeddings(len(tokenizer)) if you added tokens on purpose")
 
-    def _lr_lambda(self, step: int) -> float:
-        "Learning-rate multiplier: linear warmup, then linear or cosine decay to 0 (or constant)."
-        warm = int(self.config.warmup_ratio * self.total_steps)
-        if step < warm: return (step + 1) / (warm + 1)
-        if self.config.lr_schedule == "constant": return 1.0
-        frac = (step - warm) / max(1, self.total_steps - warm)
-        frac = min(frac, 1.0)
-        return 0.5 * (1 + math.cos(math.pi * frac)) if self.config.lr_schedule == "cosine" else 1.0 - frac
-
-# %% ../nbs/03_train.ipynb #ee8c8826
+# %% ../nbs/03_train.ipynb #bad92929
 @patch
-def _all_ok(self: DPOTrainer, ok: bool) -> bool:
-    "True where `ok` holds on every process (so that all processes raise, skip or go on together)."
-    if self.world == 1: return bool(ok)
-    flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return flag.item() == 0
+def _take_data(self: DPOTrainer, train_data, eval_data, models, resumed: bool):
+    "Tokenize the train and eval pairs (or take them tokenized, within the config's limits), check their ids against the models' embedding tables, keep their reports."
+    cfg, tok = self.config, self.tokenizer
+    self.train_data = _tokenized(train_data, tok, cfg, "train", resumed)
+    self.eval_data = _tokenized(eval_data, tok, cfg, "eval", resumed) if eval_data is not None else None
+    n_emb = min(m.get_input_embeddings().num_embeddings for m in models if m is not None)
+    for split, ds in (("train", self.train_data), ("eval", self.eval_data)):
+        if ds is not None: _check_token_ids(ds, n_emb, split)
+    self.data_report = data_report(self.train_data)
+    self.eval_data_report = data_report(self.eval_data) if self.eval_data is not None else None
 
-
+# %% ../nbs/03_train.ipynb #4fc6e25d
 @patch
-def _gather_rows(self: DPOTrainer, parts: list[dict]) -> dict:
-    "Per-micro-batch arrays of this process's slices, as the global batches' rows (micro-batch by micro-batch, then process)."
-    if self.world > 1:
-        got = [None] * self.world
-        torch.distributed.all_gather_object(got, parts)
-        parts = [got[k][j] for j in range(len(parts)) for k in range(self.world)]
-    return {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
+def _batch(self: DPOTrainer, index: int) -> tuple[list[int], int]:
+    "Rows (of the global batch) and epoch of micro-batch `index`; the epoch's batches are computed once."
+    cfg, n = self.config, len(self.train_data)
+    epoch, i = divmod(index, max(1, n // cfg.batch_size))  # (too few pairs: epoch_batches says so)
+    if self._epoch_cache[0] != epoch:
+        self._epoch_cache = (epoch, epoch_batches(n, cfg.batch_size, cfg.seed, epoch, self.lengths))
+    return self._epoch_cache[1][i], epoch
 
 
 @patch
-def _average_gradients(self: DPOTrainer, params):
-    "The mean of every gradient over processes, in place."
-    if self.world == 1: return
-    for p in params:
-        if p.grad is None: p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-        p.grad.div_(self.world)
+def _lr_lambda(self: DPOTrainer, step: int) -> float:
+    "Learning-rate multiplier: linear warmup, then linear or cosine decay to 0 (or constant)."
+    warm = int(self.config.warmup_ratio * self.total_steps)
+    if step < warm: return (step + 1) / (warm + 1)
+    if self.config.lr_schedule == "constant": return 1.0
+    frac = (step - warm) / max(1, self.total_steps - warm)
+    frac = min(frac, 1.0)
+    return 0.5 * (1 + math.cos(math.pi * frac)) if self.config.lr_schedule == "cosine" else 1.0 - frac
 
 
 @patch
-def _broadcast(self: DPOTrainer, obj):
-    "Process 0's `obj`, on every process (so that decisions taken by process 0 alone are shared)."
-    if self.world == 1: return obj
-    box = [obj if self.is_main else None]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+def _make_optimizer(self: DPOTrainer):
+    "AdamW over the trainable weights, the learning-rate schedule (`_lr_lambda`), and under fp16 autocast a gradient scaler."
+    cfg = self.config
+    params = [p for p in self.model.parameters() if p.requires_grad]
+    self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+    self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None  # fp16: loss scaling
 
-
+# %% ../nbs/03_train.ipynb #f20fa5dc
 @patch
-def _barrier(self: DPOTrainer):
-    if self.world > 1: torch.distributed.barrier()
+def _record_run(self: DPOTrainer, model, precision: dict, fresh: bool):
+    "Into `history.meta`: the run's settings, precision and processes, the data reports; for a new run, the left-out pairs and the pairs' texts."
+    cfg = self.config
+    self.history.meta.update(dict(beta=cfg.beta, loss_type=cfg.loss_type, config=asdict(cfg), ref_mode=self.ref_mode, total_steps=self.total_steps,
+                                  processes=self.world, precision=precision, router_aux_loss_coef=self.aux_coef,
+                                  model=getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)))
+    if fresh or "data" not in self.history.meta:
+        self.history.meta["data"] = {k: r.to_dict() if r is not None else None
+                                     for k, r in (("train", self.data_report), ("eval", self.eval_data_report))}
+    if fresh: self.history.meta["left_out"] = self._left_out()
+    if fresh: self._record_texts()
 
 # %% ../nbs/03_train.ipynb #5819423f
 @patch
@@ -644,7 +628,7 @@ def _score_rows(self: DPOTrainer, model, data, rows, tokens: bool = False, desc:
     tok_out, aux = [], []
     bs = self.config.ref_batch_size
     shard = self.world > 1 and not tokens
-    if shard:  # process k scores rows k, k+P, k+2P, ...; the gather below puts them back in order
+    if shard:  # process k scores rows k, k+P, k+2P, ...; `_gather_scores` puts them back in order
         all_rows, rows = list(rows), list(rows)[self.rank::self.world]
     was = model.training
     model.eval()
@@ -661,22 +645,11 @@ def _score_rows(self: DPOTrainer, model, data, rows, tokens: bool = False, desc:
             if tokens: tok_out.append((batch, {k: r[k].float().cpu() for k in ("chosen_token_logps", "rejected_token_logps")}))
     finally: model.train(was)
     res = {k: (torch.cat(v) if v else torch.zeros(0)).numpy() for k, v in out.items()}
-    if shard:
-        got = [None] * self.world
-        torch.distributed.all_gather_object(got, res)
-        full = {k: np.zeros(len(all_rows), dtype=res[k].dtype) for k in res}
-        for k_rank, g in enumerate(got):
-            for k in full: full[k][k_rank::self.world] = g[k]
-        res = full
-    if router_aux:  # one value per scored batch (of every process)
-        if shard:
-            got = [None] * self.world
-            torch.distributed.all_gather_object(got, aux)
-            aux = [a for g in got for a in g]
-        res["aux_loss"] = np.asarray(aux)
+    if shard: res, aux = self._gather_scores(res, aux if router_aux else None, len(all_rows))  # (below)
+    if router_aux: res["aux_loss"] = np.asarray(aux)  # one value per scored batch (of every process)
     return (res, tok_out) if tokens else res
 
-
+# %% ../nbs/03_train.ipynb #ec70ef8b
 @patch
 @contextlib.contextmanager
 def _reference(self: DPOTrainer):
@@ -694,7 +667,7 @@ def _autocast(self: DPOTrainer):
     if self.amp_dtype is None: return contextlib.nullcontext()
     return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-
+# %% ../nbs/03_train.ipynb #6d1ccad5
 @patch
 def _read_ref_cache(self: DPOTrainer, splits) -> dict:
     "For each split: (cache file or None, cached log-probs or None). Process 0 alone calls this."
@@ -716,7 +689,7 @@ def _read_ref_cache(self: DPOTrainer, splits) -> dict:
         out[split] = (path, cached)
     return out
 
-
+# %% ../nbs/03_train.ipynb #f44cb373
 @patch
 def _precompute_reference(self: DPOTrainer) -> dict:
     "Reference log-probs of every train and eval pair, indexed by row (precomputed mode, or `precompute_ref`), read from the cache if there."
@@ -744,7 +717,7 @@ def _precompute_reference(self: DPOTrainer) -> dict:
     self.history.meta["ref_cache"] = {k: v[0] for k, v in self.ref_cache_log.items()}
     return res
 
-
+# %% ../nbs/03_train.ipynb #9c24c51c
 @patch
 def _record_texts(self: DPOTrainer):
     for split, data in (("train", self.train_data), ("eval", self.eval_data)):
@@ -765,6 +738,54 @@ def _pick_probes(self: DPOTrainer) -> list[int]:
 
 # %% ../nbs/03_train.ipynb #609bb1bc
 @patch
+def _micro_step(self: DPOTrainer, j: int) -> tuple[dict, int]:
+    "Forward, loss and backward of micro-batch `j` of this step; returns its pairs' records and its epoch."
+    cfg = self.config
+    rows, epoch = self._batch(self.step * cfg.grad_accum_steps + j)
+    rows = self._my_share(rows)  # several processes: this one's slice of the global batch
+    batch = self.collate([self.train_data[i] for i in rows])
+    with self._autocast():  # log π(y|x) of both responses, with gradients
+        pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0, ld_alpha=cfg.ld_alpha,
+                             sum_sq=cfg.use_weighting)
+    pw = wpo_pair_weights(pol) if cfg.use_weighting else None  # (WPO: constants of this step)
+    ref_c, ref_r = (r.to(pol["chosen_logps"].device) for r in self._ref_for_batch(rows, batch))  # log π_ref(y|x) (a dispatched model's head may sit elsewhere)
+    self._check_logps(pol, ref_c, ref_r, batch)
+    kw = dict(**loss_settings(cfg), chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"], pair_weights=pw)
+    pc, pr = pol["chosen_logps"].float(), pol["rejected_logps"].float()
+    losses, r_c, r_r = dpo_loss(pc, pr, ref_c, ref_r, **kw)  # one loss per pair, and the implicit rewards (02_loss)
+    w_c, w_r = loss_pulls(losses, pc, pr, cfg.beta)  # each pair's pulls (02_loss), by autograd as far as the log-probs
+    loss = self._micro_loss(losses, pol)  # their mean (+ the MoE router loss), over the number of micro-batches
+    self._check_loss(loss, batch)
+    self._backward(loss)  # (fp16: of the scaled loss)
+    return self._micro_records(j, batch, pol, ref_c, ref_r, losses, r_c, r_r, w_c, w_r, pw), epoch
+
+# %% ../nbs/03_train.ipynb #6733be29
+@patch
+def train_step(self: DPOTrainer) -> dict:
+    "One optimizer step (over `grad_accum_steps` micro-batches); returns its metrics."
+    cfg, t0 = self.config, time.perf_counter()
+    self.model.train()
+    parts = []
+    for j in range(cfg.grad_accum_steps):
+        part, epoch = self._micro_step(j)  # forward, loss, backward: the gradients add up
+        parts.append(part)
+    with _DeferInterrupt():  # from the gradient sync on, the step completes even if interrupted (the loss scaler too)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self._average_gradients(params)  # (several processes: the mean over the global batch)
+        self._unscale()  # (fp16: the gradients back to their true size)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
+        overflow = self._check_gradient(grad_norm, parts)  # a non-finite norm: an fp16 overflow, else an error
+        p = self._gather_rows(parts)  # (several processes: the whole global batch, on every process)
+        metrics = self._step_metrics(p, grad_norm, overflow, epoch)
+        self._optimizer_step(overflow)  # the update and the schedule (fp16: neither after an overflow)
+        self.step += 1
+        if cfg.sync_ref_model and self.step % cfg.ref_model_sync_steps == 0: self._sync_reference()  # TR-DPO (below)
+        metrics["tokens_per_s"] = int(p["n_tokens"].sum()) / (time.perf_counter() - t0)
+        self._record_step(p, metrics)
+    return metrics
+
+# %% ../nbs/03_train.ipynb #f394a71a
+@patch
 def _ref_for_batch(self: DPOTrainer, rows, batch):
     "Reference log-probs (chosen, rejected) for the rows of a training batch."
     if "train" in self.ref_logps:  # precomputed (the mode, or `precompute_ref`)
@@ -774,83 +795,124 @@ def _ref_for_batch(self: DPOTrainer, rows, batch):
         out = response_logps(ref, batch, self.config.chunk_size, self.config.prefix_sharing, ld_alpha=self.config.ld_alpha)
     return out["chosen_logps"].float(), out["rejected_logps"].float()
 
+# %% ../nbs/03_train.ipynb #006568ef
+@patch
+def _micro_loss(self: DPOTrainer, losses: torch.Tensor, pol: dict) -> torch.Tensor:
+    "What a micro-batch backpropagates: the mean of its pairs' losses (+ c × the MoE router loss), over the number of micro-batches."
+    loss = losses.mean()
+    if self.aux_coef: loss = loss + self.aux_coef * pol["aux_loss"].float()  # MoE: + c * load-balancing loss (TRL's rule)
+    return loss / self.config.grad_accum_steps
+
+# %% ../nbs/03_train.ipynb #f3efaf2d
+@patch
+def _backward(self: DPOTrainer, loss: torch.Tensor):
+    "Backward of a micro-batch's loss; under fp16, of the loss times the scaler's scale."
+    (self.scaler.scale(loss) if self.scaler else loss).backward()
+
 
 @patch
-def train_step(self: DPOTrainer) -> dict:
-    "One optimizer step (over `grad_accum_steps` micro-batches); returns its metrics."
-    cfg, t0 = self.config, time.perf_counter()
-    self.model.train()
-    parts = []
-    for j in range(cfg.grad_accum_steps):
-        rows, epoch = self._batch(self.step * cfg.grad_accum_steps + j)
-        if self.world > 1:  # this process's slice of the global batch
-            per = cfg.batch_size // self.world
-            rows = rows[self.rank * per:(self.rank + 1) * per]
-        batch = self.collate([self.train_data[i] for i in rows])
-        with self._autocast():
-            pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0, ld_alpha=cfg.ld_alpha,
-                                 sum_sq=cfg.use_weighting)
-        pw = wpo_pair_weights(pol) if cfg.use_weighting else None  # (WPO: constants of this step)
-        ref_c, ref_r = (r.to(pol["chosen_logps"].device) for r in self._ref_for_batch(rows, batch))  # (a dispatched model's head may sit elsewhere)
-        finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
-        if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
-        kw = dict(**loss_settings(cfg), chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"], pair_weights=pw)
-        pc, pr = pol["chosen_logps"].float(), pol["rejected_logps"].float()
-        losses, r_c, r_r = dpo_loss(pc, pr, ref_c, ref_r, **kw)
-        w_c, w_r = loss_pulls(losses, pc, pr, cfg.beta)  # each pair's pulls (02_loss), by autograd as far as the log-probs
-        loss = losses.mean()
-        if self.aux_coef: loss = loss + self.aux_coef * pol["aux_loss"].float()  # MoE: + c * load-balancing loss (TRL's rule)
-        loss = loss / cfg.grad_accum_steps
-        if not self._all_ok(torch.isfinite(loss)): self._nonfinite("loss", batch)
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-        parts.append(dict(pair_id=batch["pair_id"].numpy(), losses=losses.detach().float().cpu().numpy(),
-                          chosen_logps=pol["chosen_logps"].detach().float().cpu().numpy(),
-                          rejected_logps=pol["rejected_logps"].detach().float().cpu().numpy(),
-                          ref_chosen_logps=ref_c.cpu().numpy(), ref_rejected_logps=ref_r.cpu().numpy(),
-                          chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy(),
-                          weight_chosen=w_c.float().cpu().numpy(), weight_rejected=w_r.float().cpu().numpy(),
-                          n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy(),
-                          loss_batch=np.full(len(rows), j * self.world + self.rank),  # the pairs each loss was computed over
-                          **({"wpo_weight": pw.float().cpu().numpy()} if pw is not None else {}),
-                          **({"aux_loss": np.full(len(rows), float(pol["aux_loss"].detach()))} if self.aux_coef else {})))
-    with _DeferInterrupt():  # from the gradient sync on, the step completes even if interrupted (the loss scaler too)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self._average_gradients(params)  # (several processes: the mean over the global batch)
-        if self.scaler: self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
-        overflow = not bool(torch.isfinite(grad_norm))
-        if overflow and not self.scaler: self._nonfinite("gradient", None, np.concatenate([p["pair_id"] for p in parts]))
-        p = self._gather_rows(parts)  # (several processes: the whole global batch, on every process)
-        margin = p["chosen_reward"] - p["rejected_reward"]
-        metrics = {"loss": float(p["losses"].mean()), "rewards/chosen": float(p["chosen_reward"].mean()),
-                   "rewards/rejected": float(p["rejected_reward"].mean()), "rewards/margins": float(margin.mean()),
-                   "rewards/accuracies": float((margin > 0).mean()), "logps/chosen": float(p["chosen_logps"].mean()),
-                   "logps/rejected": float(p["rejected_logps"].mean()), "lr": self.scheduler.get_last_lr()[0],
-                   "grad_norm": float("nan") if overflow else float(grad_norm), "epoch": epoch,
-                   "pairs_seen": (self.step + 1) * cfg.batch_size * cfg.grad_accum_steps}
-        if self.aux_coef:  # as TRL logs it: `loss` includes the router term, `aux_loss` is the term itself
-            metrics["aux_loss"] = float(p["aux_loss"].mean())
-            metrics["loss"] += self.aux_coef * metrics["aux_loss"]
-        if self.scaler: metrics.update({"amp/loss_scale": float(self.scaler.get_scale()), "amp/overflow": int(overflow)})
-        if self.scaler:  # after an overflow, step() leaves the weights alone and update() lowers the scale
-            self.scaler.step(self.optimizer); self.scaler.update()
-            if overflow:
-                self.amp_overflow_steps += 1
-                self.history.meta["amp_overflow_steps"] = self.amp_overflow_steps
-        else: self.optimizer.step()
-        if not overflow: self.scheduler.step()  # (an overflow step updates nothing: as in HF's Trainer, the schedule waits)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        if cfg.sync_ref_model and self.step % cfg.ref_model_sync_steps == 0: self._sync_reference()
-        metrics["tokens_per_s"] = int(p["n_tokens"].sum()) / (time.perf_counter() - t0)
-        self.history.log_step(self.step, **metrics)
-        if cfg.track_pairs:
-            self.history.log_pairs(self.step, "train", p["pair_id"], chosen_logps=p["chosen_logps"], rejected_logps=p["rejected_logps"],
-                                   ref_chosen_logps=p["ref_chosen_logps"], ref_rejected_logps=p["ref_rejected_logps"],
-                                   chosen_reward=p["chosen_reward"], rejected_reward=p["rejected_reward"], margin=margin,
-                                   grad_weight=(p["weight_chosen"] + p["weight_rejected"]) / 2, weight_chosen=p["weight_chosen"],
-                                   weight_rejected=p["weight_rejected"], loss=p["losses"], loss_batch=p["loss_batch"], wpo_weight=p.get("wpo_weight"))
-    return metrics
+def _unscale(self: DPOTrainer):
+    "fp16: divide the gradients by the scale again, before they are clipped (an overflow shows as a non-finite norm)."
+    if self.scaler: self.scaler.unscale_(self.optimizer)
+
+
+@patch
+def _optimizer_step(self: DPOTrainer, overflow: bool):
+    "The update, the schedule's step and zeroed gradients; under fp16 an overflow updates nothing, lowers the scale and is counted."
+    if self.scaler:  # after an overflow, step() leaves the weights alone and update() lowers the scale
+        self.scaler.step(self.optimizer); self.scaler.update()
+        if overflow:
+            self.amp_overflow_steps += 1
+            self.history.meta["amp_overflow_steps"] = self.amp_overflow_steps
+    else: self.optimizer.step()
+    if not overflow: self.scheduler.step()  # (an overflow step updates nothing: as in HF's Trainer, the schedule waits)
+    self.optimizer.zero_grad(set_to_none=True)
+
+# %% ../nbs/03_train.ipynb #9f9d5670
+@patch
+def _my_share(self: DPOTrainer, rows: list[int]) -> list[int]:
+    "This process's slice of a global micro-batch: pairs kB/P to (k+1)B/P - 1 of it (all of it on one process)."
+    if self.world == 1: return rows
+    per = self.config.batch_size // self.world
+    return rows[self.rank * per:(self.rank + 1) * per]
+
+# %% ../nbs/03_train.ipynb #ee8c8826
+@patch
+def _all_ok(self: DPOTrainer, ok: bool) -> bool:
+    "True where `ok` holds on every process (so that all processes raise, skip or go on together)."
+    if self.world == 1: return bool(ok)
+    flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag.item() == 0
+
+
+@patch
+def _gather_rows(self: DPOTrainer, parts: list[dict]) -> dict:
+    "Per-micro-batch arrays of this process's slices, as the global batches' rows (micro-batch by micro-batch, then process)."
+    if self.world > 1:
+        got = [None] * self.world
+        torch.distributed.all_gather_object(got, parts)
+        parts = [got[k][j] for j in range(len(parts)) for k in range(self.world)]
+    return {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
+
+
+@patch
+def _average_gradients(self: DPOTrainer, params):
+    "The mean of every gradient over processes, in place."
+    if self.world == 1: return
+    for p in params:
+        if p.grad is None: p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+        p.grad.div_(self.world)
+
+
+@patch
+def _broadcast(self: DPOTrainer, obj):
+    "Process 0's `obj`, on every process (so that decisions taken by process 0 alone are shared)."
+    if self.world == 1: return obj
+    box = [obj if self.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@patch
+def _barrier(self: DPOTrainer):
+    if self.world > 1: torch.distributed.barrier()
+
+# %% ../nbs/03_train.ipynb #07481f6b
+@patch
+def _gather_scores(self: DPOTrainer, res: dict, aux: list | None, n: int) -> tuple[dict, list | None]:
+    "Several processes: every process's strided share of `n` scored rows, back in row order (and the router losses of every batch)."
+    got = [None] * self.world
+    torch.distributed.all_gather_object(got, res)
+    full = {k: np.zeros(n, dtype=res[k].dtype) for k in res}
+    for k_rank, g in enumerate(got):
+        for k in full: full[k][k_rank::self.world] = g[k]
+    if aux is not None:  # one value per scored batch (of every process)
+        got = [None] * self.world
+        torch.distributed.all_gather_object(got, aux)
+        aux = [a for g in got for a in g]
+    return full, aux
+
+# %% ../nbs/03_train.ipynb #a5a2da24
+@patch
+def _check_logps(self: DPOTrainer, pol: dict, ref_c, ref_r, batch: dict):
+    "Raise `NonFiniteError` naming the pairs whose policy or reference log-prob is NaN or infinite."
+    finite = torch.isfinite(pol["chosen_logps"]) & torch.isfinite(pol["rejected_logps"]) & torch.isfinite(ref_c) & torch.isfinite(ref_r)
+    if not self._all_ok(finite.all()): self._nonfinite("log-probs", batch, bad=batch["pair_id"][~finite.cpu()].tolist())
+
+
+@patch
+def _check_loss(self: DPOTrainer, loss, batch: dict):
+    if not self._all_ok(torch.isfinite(loss)): self._nonfinite("loss", batch)
+
+
+@patch
+def _check_gradient(self: DPOTrainer, grad_norm, parts: list[dict]) -> bool:
+    "Whether the clipped gradient's norm is not finite: an fp16 overflow (the scaler skips the step), else a `NonFiniteError`."
+    overflow = not bool(torch.isfinite(grad_norm))
+    if overflow and not self.scaler: self._nonfinite("gradient", None, np.concatenate([p["pair_id"] for p in parts]))
+    return overflow
 
 
 @patch
@@ -861,6 +923,66 @@ def _nonfinite(self: DPOTrainer, what, batch, pair_ids=None, bad=None):
     raise NonFiniteError(f"step {self.step + 1}: non-finite {what} in the batch of pairs {ids}{which}; "
                          "the weights were not updated (look at those pairs, lower the learning rate, or set "
                          "on_nonfinite='skip' to skip such steps and count them)")
+
+# %% ../nbs/03_train.ipynb #b88d6ed3
+@patch
+def _skip_step(self: DPOTrainer):
+    "`on_nonfinite='skip'`: count the step, advance the schedule, and log a NaN loss in its place (the weights stay as they were)."
+    self.nonfinite_skipped += 1
+    self.history.meta["nonfinite_skipped"] = self.nonfinite_skipped
+    warnings.warn(f"skipped a non-finite step ({self.nonfinite_skipped} so far)")
+    with _DeferInterrupt():
+        self.step += 1
+        with warnings.catch_warnings():  # the schedule advances although the optimizer did not step
+            warnings.simplefilter("ignore"); self.scheduler.step()
+        self.history.log_step(self.step, loss=float("nan"), nonfinite_skipped=self.nonfinite_skipped)
+
+# %% ../nbs/03_train.ipynb #fb326774
+@patch
+def _micro_records(self: DPOTrainer, j, batch, pol, ref_c, ref_r, losses, r_c, r_r, w_c, w_r, pw) -> dict:
+    "Per-pair numpy records of micro-batch `j`: log-probs, the reference's, rewards, pulls, losses, tokens and loss batch."
+    n = len(batch["pair_id"])
+    return dict(pair_id=batch["pair_id"].numpy(), losses=losses.detach().float().cpu().numpy(),
+                chosen_logps=pol["chosen_logps"].detach().float().cpu().numpy(),
+                rejected_logps=pol["rejected_logps"].detach().float().cpu().numpy(),
+                ref_chosen_logps=ref_c.cpu().numpy(), ref_rejected_logps=ref_r.cpu().numpy(),
+                chosen_reward=r_c.float().cpu().numpy(), rejected_reward=r_r.float().cpu().numpy(),
+                weight_chosen=w_c.float().cpu().numpy(), weight_rejected=w_r.float().cpu().numpy(),
+                n_tokens=(batch["chosen_attention_mask"].sum(1) + batch["rejected_attention_mask"].sum(1)).numpy(),
+                loss_batch=np.full(n, j * self.world + self.rank),  # the pairs each loss was computed over
+                **({"wpo_weight": pw.float().cpu().numpy()} if pw is not None else {}),
+                **({"aux_loss": np.full(n, float(pol["aux_loss"].detach()))} if self.aux_coef else {}))
+
+# %% ../nbs/03_train.ipynb #c0c006d4
+@patch
+def _step_metrics(self: DPOTrainer, p: dict, grad_norm, overflow: bool, epoch: int) -> dict:
+    "The step's metrics under TRL's names: means over the global batch's records `p`, the learning rate, the gradient norm."
+    cfg = self.config
+    margin = p["chosen_reward"] - p["rejected_reward"]
+    metrics = {"loss": float(p["losses"].mean()), "rewards/chosen": float(p["chosen_reward"].mean()),
+               "rewards/rejected": float(p["rejected_reward"].mean()), "rewards/margins": float(margin.mean()),
+               "rewards/accuracies": float((margin > 0).mean()), "logps/chosen": float(p["chosen_logps"].mean()),
+               "logps/rejected": float(p["rejected_logps"].mean()), "lr": self.scheduler.get_last_lr()[0],
+               "grad_norm": float("nan") if overflow else float(grad_norm), "epoch": epoch,
+               "pairs_seen": (self.step + 1) * cfg.batch_size * cfg.grad_accum_steps}
+    if self.aux_coef:  # as TRL logs it: `loss` includes the router term, `aux_loss` is the term itself
+        metrics["aux_loss"] = float(p["aux_loss"].mean())
+        metrics["loss"] += self.aux_coef * metrics["aux_loss"]
+    if self.scaler: metrics.update({"amp/loss_scale": float(self.scaler.get_scale()), "amp/overflow": int(overflow)})
+    return metrics
+
+
+@patch
+def _record_step(self: DPOTrainer, p: dict, metrics: dict):
+    "The step's metrics into `history.steps`, and (with `track_pairs`) every pair's records into `history.pairs`."
+    self.history.log_step(self.step, **metrics)
+    if self.config.track_pairs:
+        margin = p["chosen_reward"] - p["rejected_reward"]
+        self.history.log_pairs(self.step, "train", p["pair_id"], chosen_logps=p["chosen_logps"], rejected_logps=p["rejected_logps"],
+                               ref_chosen_logps=p["ref_chosen_logps"], ref_rejected_logps=p["ref_rejected_logps"],
+                               chosen_reward=p["chosen_reward"], rejected_reward=p["rejected_reward"], margin=margin,
+                               grad_weight=(p["weight_chosen"] + p["weight_rejected"]) / 2, weight_chosen=p["weight_chosen"],
+                               weight_rejected=p["weight_rejected"], loss=p["losses"], loss_batch=p["loss_batch"], wpo_weight=p.get("wpo_weight"))
 
 # %% ../nbs/03_train.ipynb #b8738542
 @patch
@@ -888,7 +1010,7 @@ def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens
     parts = [one(s, s + step) for s in range(0, n, step)] or [one(0, 0)]
     return tuple(torch.cat([p[k] for p in parts]).numpy() for k in range(5)) + (np.arange(n) // step,)
 
-
+# %% ../nbs/03_train.ipynb #4f40ce20
 @patch
 def evaluate(self: DPOTrainer) -> dict:
     "Score every eval pair with the current policy; log per-pair records and `eval/` metrics at the current step."
@@ -921,7 +1043,7 @@ def evaluate(self: DPOTrainer) -> dict:
         if hasattr(cb, "on_evaluate"): cb.on_evaluate(self, metrics)
     return metrics
 
-
+# %% ../nbs/03_train.ipynb #6c6d2138
 @patch
 def _probe_ref_tokens(self: DPOTrainer, data):
     "Reference per-token log-probs of the probe pairs (computed once: the reference does not change)."
@@ -960,7 +1082,7 @@ def probe(self: DPOTrainer):
                                      ref_logp=float(ref[f"{side}_token_logps"][b, t]) if is_resp else float("nan")))
     self.history.log_tokens(recs)
 
-
+# %% ../nbs/03_train.ipynb #688065eb
 def _se(x) -> float:
     "Standard error of a mean: std / sqrt(n) (NaN for fewer than two values)."
     x = np.asarray(x, float)
@@ -975,7 +1097,7 @@ def _ratio_se(s, n) -> float:
     r = s.sum() / n.sum()
     return float(np.sqrt(((s - r * n) ** 2).sum() / (k * (k - 1))) / n.mean())
 
-
+# %% ../nbs/03_train.ipynb #e96df2b3
 @patch
 @torch.no_grad()
 def estimate_kl(self: DPOTrainer) -> dict:
@@ -1072,14 +1194,7 @@ def fit(self: DPOTrainer, steps: int | None = None) -> History:
             try: metrics = self.train_step()
             except NonFiniteError:
                 if cfg.on_nonfinite == "raise": raise
-                self.nonfinite_skipped += 1
-                self.history.meta["nonfinite_skipped"] = self.nonfinite_skipped
-                warnings.warn(f"skipped a non-finite step ({self.nonfinite_skipped} so far)")
-                with _DeferInterrupt():
-                    self.step += 1
-                    with warnings.catch_warnings():  # the schedule advances although the optimizer did not step
-                        warnings.simplefilter("ignore"); self.scheduler.step()
-                    self.history.log_step(self.step, loss=float("nan"), nonfinite_skipped=self.nonfinite_skipped)
+                self._skip_step()  # (on_nonfinite="skip": counted, NaN logged, the schedule moves on)
                 bar.update(1)
                 continue
             except KeyboardInterrupt:
@@ -1220,6 +1335,18 @@ def _read_state(f: Path) -> dict:
     return state
 
 
+def _read_data(folder: Path, rows: int | None):
+    "A tokenized data set saved in a checkpoint, or a `CheckpointError` naming its folder; `rows`: how many were saved."
+    from datasets import load_from_disk
+    from datasets.exceptions import DatasetsError
+    if not folder.is_dir(): raise CheckpointError(f"{folder}: missing")
+    try: ds = load_from_disk(str(folder))
+    except (OSError, ValueError, KeyError, TypeError, DatasetsError) as e:  # a lost file, a cut Arrow file or JSON
+        raise CheckpointError(f"{folder}: the saved data does not load ({_why(e)})") from e
+    if rows is not None and len(ds) != rows: raise CheckpointError(f"{folder}: {len(ds)} rows, but {rows} were saved")
+    return ds
+
+# %% ../nbs/03_train.ipynb #f553b47c
 def _weight_shapes(folder: Path) -> dict | None:
     "Name -> (shape, file) of every tensor saved in a model or adapter folder, from the safetensors headers (no weights read)."
     from safetensors import SafetensorError, safe_open
@@ -1271,17 +1398,14 @@ def _check_shapes(folder: Path, model, name: str = "model"):
     if not saved.keys() & given.keys():
         raise CheckpointError(f"the {name} given does not fit the checkpoint: none of its parameter names is in {folder}")
 
-
-def _read_data(folder: Path, rows: int | None):
-    "A tokenized data set saved in a checkpoint, or a `CheckpointError` naming its folder; `rows`: how many were saved."
-    from datasets import load_from_disk
-    from datasets.exceptions import DatasetsError
-    if not folder.is_dir(): raise CheckpointError(f"{folder}: missing")
-    try: ds = load_from_disk(str(folder))
-    except (OSError, ValueError, KeyError, TypeError, DatasetsError) as e:  # a lost file, a cut Arrow file or JSON
-        raise CheckpointError(f"{folder}: the saved data does not load ({_why(e)})") from e
-    if rows is not None and len(ds) != rows: raise CheckpointError(f"{folder}: {len(ds)} rows, but {rows} were saved")
-    return ds
+# %% ../nbs/03_train.ipynb #837ca08e
+def _check_overrides(saved_cfg: dict, overrides: dict):
+    "Refuse a `load` override of a setting that fixes the saved run's batches or tokens (`_RESUME_FIXED`)."
+    for k in _RESUME_FIXED:  # the batches and tokens of a resumed run are the saved run's: no override may change them
+        if k in overrides and k in saved_cfg and overrides[k] != saved_cfg[k]:
+            raise ConfigError(f"DPOTrainer.load: {k}={overrides[k]!r} differs from the saved run's {k}={saved_cfg[k]!r}; "
+                              f"a resumed run keeps its batch plan and tokens ({', '.join(_RESUME_FIXED)} cannot change). "
+                              "Start a new run (DPOTrainer(...)) to use other values")
 
 # %% ../nbs/03_train.ipynb #2edf7eff
 @patch(cls_method=True)
@@ -1294,11 +1418,7 @@ def load(cls: DPOTrainer, path, model=None, ref_model=None, callbacks=None, rewa
     if not (path / _STATE).exists(): raise FileNotFoundError(f"{path} is not a dpo_nb checkpoint (no {_STATE})")
     state = _read_state(path / _STATE)  # every file is checked first, cheapest first; the models are loaded last
     saved_cfg = _read_json(path / "config.json", dict)
-    for k in _RESUME_FIXED:  # the batches and tokens of a resumed run are the saved run's: no override may change them
-        if k in config_overrides and k in saved_cfg and config_overrides[k] != saved_cfg[k]:
-            raise ConfigError(f"DPOTrainer.load: {k}={config_overrides[k]!r} differs from the saved run's {k}={saved_cfg[k]!r}; "
-                              f"a resumed run keeps its batch plan and tokens ({', '.join(_RESUME_FIXED)} cannot change). "
-                              "Start a new run (DPOTrainer(...)) to use other values")
+    _check_overrides(saved_cfg, config_overrides)  # the batch plan and the tokens stay the saved run's
     cfg = DPOConfig.from_dict({**saved_cfg, **config_overrides})
     if not (path / "history" / "meta.json").exists(): raise CheckpointError(f"{path / 'history' / 'meta.json'}: missing")
     history = History.load(path / "history")
@@ -1334,13 +1454,19 @@ def load(cls: DPOTrainer, path, model=None, ref_model=None, callbacks=None, rewa
             _ref_mode=state["ref_mode"] if state["ref_mode"] in ("adapters", "adapter_copy") else None, _resumed=True)
     if t.ref_mode == "adapter_copy" and state.get("ref_adapter"): load_adapter_state(t.model, state["ref_adapter"])
     if cfg.precompute_ref and not t.ref_logps: t.ref_logps = t._precompute_reference()  # asked for on resume: the reference is at hand
-    t.step, t.nonfinite_skipped, t.total_steps = state["step"], state["nonfinite_skipped"], state["total_steps"]
-    t.amp_overflow_steps = state.get("amp_overflow_steps", 0)
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
-    if t.scaler and state["scaler"]: t.scaler.load_state_dict(state["scaler"])
-    t._probe_ref = state["probe_ref"]
+    t._restore(state)  # counters, optimizer, scheduler, scaler, probes and the random state, as saved
+    return t
+
+# %% ../nbs/03_train.ipynb #c0cd50c1
+@patch
+def _restore(self: DPOTrainer, state: dict):
+    "Put a checkpoint's trainer state back: step and counters, optimizer, scheduler, loss scaler, probe scores, random state."
+    self.step, self.nonfinite_skipped, self.total_steps = state["step"], state["nonfinite_skipped"], state["total_steps"]
+    self.amp_overflow_steps = state.get("amp_overflow_steps", 0)
+    self.optimizer.load_state_dict(state["optimizer"])
+    self.scheduler.load_state_dict(state["scheduler"])
+    if self.scaler and state["scaler"]: self.scaler.load_state_dict(state["scaler"])
+    self._probe_ref = state["probe_ref"]
     rng = state["rng"]
     torch.random.set_rng_state(rng["torch"]); np.random.set_state(rng["numpy"]); random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng["cuda"])
-    return t
