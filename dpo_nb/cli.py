@@ -1,4 +1,4 @@
-"""`dpo-nb demo`, `dpo-nb train` and `dpo-nb report`: the notebooks' code, from a terminal.
+"""`dpo-nb demo`, `dpo-nb train`, `dpo-nb audit` and `dpo-nb report`: the notebooks' code, from a terminal.
 
 Docs: https://dpo-nb.github.io/dpo_nb/cli.html.md"""
 
@@ -17,12 +17,12 @@ import torch
 from .data import PreferenceDataError, load_preferences, split_pairs, tokenize_pairs
 from .history import CheckpointError, History
 from .models import DTYPES, REF_ADAPTER, attn_problem, is_peft, load_model
-from .report import report_from_dir, write_report
+from .report import report_from_dir, write_audit_report, write_report
 from .toy import load_toy, mean_reward, sample_completions
 from .train import ConfigError, DPOConfig, DPOTrainer
 
 # %% auto #0
-__all__ = ['DEMO_DEFAULTS', 'USER_ERRORS', 'demo_config', 'summary_table', 'run_demo', 'run_train', 'main']
+__all__ = ['DEMO_DEFAULTS', 'USER_ERRORS', 'demo_config', 'summary_table', 'run_demo', 'run_train', 'run_audit', 'main']
 
 # %% ../nbs/09_cli.ipynb #5493cef3
 DEMO_DEFAULTS = dict(steps=93, beta=0.5, loss_type="sigmoid", learning_rate=3e-4, batch_size=32, samples=128)  # 93 steps: one epoch
@@ -180,6 +180,21 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
     write_report(hist, out, summary=summary, title=f"dpo_nb: {model} on {data}")  # also writes summary.json
     return out
 
+# %% ../nbs/09_cli.ipynb #f9b8a2e7
+def run_audit(model: str, data: str, out: str | Path = "dpo_nb_audit", split: str | None = "train", max_length: int = 512,
+              max_prompt_length: int = 256, beta: float = 0.1, loss_type: str = "sigmoid", batch_size: int = 16,
+              dtype: str = "auto", trust_remote_code: bool = False, device: str | None = None) -> Path:
+    "Audit `data` with the reference `model`; write audit.html and audit.parquet into `out`"
+    from dpo_nb.audit import audit
+    _check_out(out)
+    _check_local("--model", model)
+    pairs = load_preferences(data, split=split)  # the data first: a bad file is found before a model is loaded
+    ref, tok = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    if device: ref.to(device)
+    a = audit(pairs, ref, tok, beta=beta, loss_type=loss_type, max_length=max_length, max_prompt_length=max_prompt_length,
+              batch_size=batch_size)
+    return write_audit_report(a, out, title=f"dpo_nb audit: {data} under {model}")
+
 # %% ../nbs/09_cli.ipynb #ddcd4dc9
 def _names(s: str) -> str | list:
     "One name, or a comma-separated list of them."
@@ -252,6 +267,19 @@ def _parser() -> argparse.ArgumentParser:
             kind = {"float": float, "int": int, "str": str, "bool": _flag}[f.type.split(" ")[0]]
             yes = dict(nargs="?", const=True) if kind is _flag else {}  # `--gradient-checkpointing` alone means true
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None, help=f"DPOConfig.{f.name}", **yes)
+    a = sub.add_parser("audit", help="score every pair with the reference before training: audit.html and audit.parquet")
+    a.add_argument("--model", required=True, help="the reference: Hub name or local folder of the SFT model a run starts from")
+    a.add_argument("--data", required=True, help="Hub dataset name, local dataset folder, or JSON/JSONL/CSV/Parquet file")
+    a.add_argument("--split", default="train", help="split of --data")
+    a.add_argument("--max-length", type=int, default=512, help="prompt + response tokens, as in training")
+    a.add_argument("--max-prompt-length", type=int, default=256, help="prompt tokens, as in training")
+    a.add_argument("--beta", type=float, default=0.1, help="as in training (the step-0 gradient weight)")
+    a.add_argument("--loss-type", default="sigmoid", help="as in training (the step-0 gradient weight)")
+    a.add_argument("--batch-size", type=int, default=16, help="pairs per forward")
+    a.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="load dtype of the weights (auto: as stored)")
+    a.add_argument("--device", help="where to score (default: where the model loads)")
+    a.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
+    a.add_argument("--out", default="dpo_nb_audit", help="folder for audit.html and audit.parquet")
     r = sub.add_parser("report", help="re-render the HTML report of a finished run")
     r.add_argument("dir", help="a folder written by `demo` or `train` (holding history/)")
     return p
@@ -284,6 +312,11 @@ def _run(args) -> int:
                         config=args.config, trl_config=args.trl_config, ref=args.ref, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
                         attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code, **overrides)
         if int(os.environ.get("RANK", "0")) == 0: print(f"model: {out / 'model'}\nreport: {out / 'report.html'}")
+    elif args.command == "audit":
+        p = run_audit(args.model, args.data, out=args.out, split=args.split, max_length=args.max_length,
+                      max_prompt_length=args.max_prompt_length, beta=args.beta, loss_type=args.loss_type, batch_size=args.batch_size,
+                      dtype=args.dtype, trust_remote_code=args.trust_remote_code, device=args.device)
+        print(f"audit: {p}\ntable: {p.parent / 'audit.parquet'}")
     elif args.command == "report":
         print(report_from_dir(args.dir))
     return 0

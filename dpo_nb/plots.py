@@ -16,7 +16,7 @@ from .history import History, DEFINITIONS, KL_METHODS
 # %% auto #0
 __all__ = ['TEMPLATE', 'QUADRANTS', 'NO_PROBE_TOKENS', 'REWARD_KEYS', 'empty_figure', 'default_split', 'plot_training_curves',
            'reward_quantiles', 'plot_reward_distributions', 'plot_kl', 'plot_margin_change', 'quadrant_counts',
-           'plot_displacement', 'plot_token_heatmap', 'frontier_points', 'pareto_front', 'plot_frontier']
+           'plot_displacement', 'plot_token_heatmap', 'frontier_points', 'pareto_front', 'plot_frontier', 'plot_audit']
 
 # %% ../nbs/05_plots.ipynb #3fe0b501
 _AXIS = dict(gridcolor="#ececec", zerolinecolor="#cfcfcf", linecolor="#9a9a9a", showline=True, ticks="outside", tickcolor="#9a9a9a")
@@ -88,7 +88,7 @@ def plot_training_curves(h: History,        # the run
     s, e = h.steps, h.evals
     if not len(s) and not len(e):
         return empty_figure("Training curves", "no steps logged yet: the trainer calls History.log_step every optimizer step")
-    fig = make_subplots(rows=2, cols=3, subplot_titles=[c[0] for c in _CURVES], horizontal_spacing=0.08, vertical_spacing=0.16)
+    fig = make_subplots(rows=2, cols=3, subplot_titles=[c[0] for c in _CURVES], horizontal_spacing=0.11, vertical_spacing=0.16)
     for i, (title, cols, ytitle, defn) in enumerate(_CURVES):
         row, col = i // 3 + 1, i % 3 + 1
         drawn = False
@@ -105,9 +105,11 @@ def plot_training_curves(h: History,        # the run
                               row=row, col=col)
                 drawn = True
         if not drawn: _panel_note(fig, row, col, "not logged")
-        fig.update_yaxes(title_text=ytitle, row=row, col=col)
+        fig.update_yaxes(title_text=ytitle, title_standoff=4, row=row, col=col,
+                         **(dict(exponentformat="e", nticks=4) if cols == ["lr"] else {}))  # 4e-06, not a squeezed 4μ
         fig.update_xaxes(title_text="optimizer step" if row == 2 else None, row=row, col=col)
-    fig.update_layout(title="Training curves (batch means; dashed: evaluation)", height=620, legend=dict(orientation="h", y=-0.12))
+    fig.update_layout(title="Training curves (batch means; dashed: evaluation)", height=620, legend=dict(orientation="h", yanchor="top", y=-0.16),
+                      margin=dict(b=150))  # the legend below the x-axis titles, never over them
     return fig.update_layout(template=TEMPLATE)
 
 # %% ../nbs/05_plots.ipynb #b8725f60
@@ -203,10 +205,11 @@ def plot_kl(h: History) -> go.Figure:
                                                       [f" ± {v:.2g} (se)" if np.isfinite(v) else "" for v in se]], axis=1),
                                  hovertemplate=f"<b>{method}</b> at step %{{x}}: %{{y:.4g}}%{{customdata[2]}} {unit}<br>n = %{{customdata[0]}}"
                                                f"<br>%{{customdata[1]}}<br><i>{_wrap(html.escape(KL_METHODS.get(method, method)))}</i><extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="optimizer step", height=380, legend=dict(title="method", orientation="h", y=-0.25),
+    fig.update_layout(title=title, xaxis_title="optimizer step", height=380, legend=dict(title="method", orientation="h", yanchor="top", y=-0.3),
+                      margin=dict(b=110, r=90),  # room for the legend under the x-axis title, and for the right axis' title
                       yaxis_title=f"KL, {methods[0]} ({units[methods[0]]})")
     if len(methods) > 1:  # the second method on its own axis: its unit differs
-        fig.update_layout(yaxis2=dict(title=f"KL, {methods[1]} ({units[methods[1]]})", overlaying="y", side="right", showgrid=False,
+        fig.update_layout(yaxis2=dict(title=f"KL, {methods[1]} ({units[methods[1]]})", overlaying="y", side="right", showgrid=False, automargin=True,
                                       rangemode="tozero"), yaxis=dict(rangemode="tozero"))
     return fig.update_layout(template=TEMPLATE)
 
@@ -459,4 +462,33 @@ def plot_frontier(runs,                          # a History, a list or dict of 
                              hovertemplate="frontier: no point has lower KL and higher reward<extra></extra>"))
     kl_label = "KL(π ‖ π_ref) (nats" + (f", {', '.join(method)}" if method else "") + ")"
     fig.update_layout(title=title, xaxis_title=kl_label, yaxis_title=(", ".join(rkey) if rkey else "reward"), height=460)
+    return fig.update_layout(template=TEMPLATE)
+
+# %% ../nbs/05_plots.ipynb #7441bcc6
+def plot_audit(table: pd.DataFrame,   # an `Audit.pairs` table (04a_audit)
+               ches: str = "ches",     # which CHES to draw: "ches" or "ches_norm"
+               max_points: int = 5000  # a random subset beyond this many pairs (the histogram keeps them all)
+              ) -> go.Figure:
+    "CHES against the reference's own preference, and the length bias, of an audited dataset"
+    title = f"Audit of {len(table):,} pairs before training"
+    if not len(table): return empty_figure(title, "no pair was audited")
+    t = table.sample(max_points, random_state=0) if len(table) > max_points else table
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12, subplot_titles=[f"{ches} vs the reference's preference", "length bias"])
+    near = (t["edit_share"] < 0.25).to_numpy()
+    for sel, name, colour in ((~near, "pairs", "#7f9fbf"), (near, "near-identical responses (edit share < 0.25)", "#d62728")):
+        fig.add_trace(go.Scatter(x=t["ref_preference"].to_numpy()[sel], y=t[ches].to_numpy()[sel], mode="markers", name=f"{name}: {sel.sum()}",
+                                 marker=dict(color=colour, size=6, opacity=0.7), customdata=t["pair_id"].to_numpy()[sel],
+                                 hovertemplate="pair %{customdata}<br>log π_ref(chosen) − log π_ref(rejected) = %{x:.2f}<br>"
+                                               + ches + " = %{y:.3g}<extra></extra>"), row=1, col=1)
+    d = (table["chosen_tokens"] - table["rejected_tokens"]).to_numpy()
+    longer = float((d > 0).sum() / max((d != 0).sum(), 1))
+    fig.add_trace(go.Histogram(x=d, name=f"chosen is longer in {longer:.0%} of pairs of different lengths", marker_color="#555",
+                               hovertemplate="chosen − rejected = %{x} tokens: %{y} pairs<extra></extra>"), row=1, col=2)
+    fig.add_vline(x=0, line=dict(color="#888", dash="dot"), row=1, col=1)
+    fig.add_vline(x=0, line=dict(color="#888", dash="dot"), row=1, col=2)
+    fig.update_xaxes(title_text="reference's preference (nats)", row=1, col=1)
+    fig.update_yaxes(title_text=ches, row=1, col=1)
+    fig.update_xaxes(title_text="tokens", row=1, col=2)
+    fig.update_yaxes(title_text="pairs", row=1, col=2)
+    fig.update_layout(title=title, height=460, legend=dict(orientation="h", yanchor="top", y=-0.2), margin=dict(b=120))
     return fig.update_layout(template=TEMPLATE)

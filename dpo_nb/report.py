@@ -14,10 +14,11 @@ import plotly.graph_objects as go
 from .data import DataReport
 from .history import History, DEFINITIONS, KL_METHODS, _json_safe
 from .plots import (plot_training_curves, plot_reward_distributions, plot_kl, plot_margin_change,
-                          plot_displacement, plot_token_heatmap, plot_frontier)
+                          plot_displacement, plot_token_heatmap, plot_frontier, plot_audit)
 
 # %% auto #0
-__all__ = ['report_figures', 'summary_table', 'data_report_html', 'data_section_html', 'write_report', 'report_from_dir']
+__all__ = ['report_figures', 'summary_table', 'data_report_html', 'data_section_html', 'write_report', 'report_from_dir',
+           'audit_section_html', 'write_audit_report']
 
 # %% ../nbs/08_report.ipynb #e90d5f9b
 def report_figures(h: History,         # the run
@@ -132,6 +133,7 @@ def _definitions_html() -> str:
 
 def write_report(history: History,          # the run
                  out_dir,                   # directory to write into (created)
+                 audit=None,                # an `Audit` of the training data (04a_audit), shown in its own section
                  summary: dict | None = None,# extra summary entries, shown after History.summary()'s
                  title: str = "DPO run report", # the page title
                  data_report=None,          # the training data's report (DataReport, DataFrame or text); None: the History's
@@ -150,6 +152,7 @@ def write_report(history: History,          # the run
                           config={"displaylogo": False, "responsive": True})
         parts.append(f'<section id="fig-{i}"><h2>{html.escape(heading)}</h2>'
                      + (f'<p class="cap">{html.escape(caption)}</p>' if caption else "") + div + "</section>")
+    if audit is not None: parts.append(f'<section id="audit"><h2>Audit before training</h2>{audit_section_html(audit, include_plotlyjs=not figs)}</section>')
     dr = data_section_html(history, data_report, eval_data_report)
     if dr: (out / "data_report.html").write_text(dr, encoding="utf-8")
     if dr: parts.append(f'<section id="data"><h2>Data report</h2>{dr}</section>')
@@ -176,3 +179,36 @@ def report_from_dir(path,                 # a saved History, or a report directo
     if "data_report" not in kwargs and "data" not in h.meta and dr.exists():  # a History from before it kept its data reports
         kwargs["data_report"] = _Html(dr.read_text(encoding="utf-8"))
     return write_report(h, out, **kwargs)
+
+# %% ../nbs/08_report.ipynb #946992ce
+_SUSPECT_COLUMNS = ["pair_id", "ref_preference", "ches", "ches_norm", "edit_share", "chosen_tokens", "rejected_tokens",
+                    "duplicate_of", "swapped_of", "data_flags"]
+
+def _pairs_table(df: pd.DataFrame, caption: str) -> str:
+    if not len(df): return f"<p>{html.escape(caption)}: none</p>"
+    return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0).replace(
+        "<table", f"<table><caption>{html.escape(caption)}</caption", 1).replace("<table><caption", "<table class=\"pairs\"><caption", 1)
+
+def audit_section_html(a, include_plotlyjs: bool = True, top: int = 15) -> str:
+    "An `Audit` as HTML: summary, figure, the pairs most worth a look, and the suggested filter's removals"
+    p = a.pairs
+    summ = a.summary()
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td><td>{html.escape(m)}</td></tr>" for k, (v, m) in summ.iterrows())
+    fig = plot_audit(p).to_html(full_html=False, include_plotlyjs=include_plotlyjs, config={"displaylogo": False, "responsive": True})
+    _, removed = a.suggest_filter()
+    why = removed.groupby("reason").size().reset_index(name="pairs") if len(removed) else removed
+    cols = [c for c in _SUSPECT_COLUMNS if c in p.columns]
+    return (f'<table class="kv"><caption>the dataset</caption>{rows}</table>{fig}<div class="tables">'
+            + _pairs_table(p.nlargest(top, "ches")[cols], f"highest CHES (top {top})")
+            + _pairs_table(p[p["edit_share"] < 0.25].head(top)[cols], "near-identical responses (edit share < 0.25)")
+            + _pairs_table(p[(p["duplicate_of"] >= 0) | (p["swapped_of"] >= 0)].head(top)[cols], "repeats and swapped labels")
+            + _pairs_table(why, f"suggest_filter() would remove {len(removed)} of {len(p)} pairs") + "</div>")
+
+def write_audit_report(a, out_dir, title: str = "dpo_nb audit") -> Path:
+    "Write audit.html (self-contained) and audit.parquet (one row per pair) into `out_dir`; return the HTML's path"
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    a.pairs.to_parquet(out / "audit.parquet", index=False)
+    path = out / "audit.html"
+    path.write_text(_page(title, a.settings, [f'<section id="audit">{audit_section_html(a)}</section>',
+                                              f'<section id="data"><h2>Data report</h2>{data_report_html(a.report)}</section>']), encoding="utf-8")
+    return path

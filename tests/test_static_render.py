@@ -108,3 +108,28 @@ def test_offline_figure_without_image_says_why(browser, tmp_path):
         ctx.close()
     assert "did not load" in got["msg"] and "Margins" in got["msg"] and got["visible"] > 10
     assert got["box"] == 0
+
+
+def test_static_images_put_an_image_in_every_form(browser, tmp_path):
+    "static_images(True): a figure's bundle carries a PNG, its HTML form an image shown until plotly.js draws; off again after"
+    import base64, plotly.io as pio
+    from dpo_nb.display import figure_bundle, figure_html, static_images
+    from dpo_nb.plots import empty_figure
+    fig = empty_figure("Margins", "nothing yet")
+    try:
+        assert static_images(True) and pio.renderers.default.endswith("+png")
+        b = figure_bundle(fig)
+        assert base64.b64decode(b["image/png"])[:8] == b"\x89PNG\r\n\x1a\n" and "text/html" not in b
+        page_file = tmp_path / "fig.html"
+        page_file.write_text("<html><body>" + figure_html(fig) + "</body></html>")
+        ctx, page = _offline_page(browser, javascript=True)
+        try:
+            page.goto(page_file.as_uri(), wait_until="load", timeout=60_000)
+            got = page.evaluate("() => { const i = document.querySelector('.dpo-fig-fallback img');"
+                                " return {w: i.naturalWidth, h: i.getBoundingClientRect().height, alt: i.alt}; }")
+        finally:
+            ctx.close()
+        assert got["w"] > 100 and got["h"] > 100 and got["alt"] == "Margins"
+    finally:
+        static_images(False)
+    assert "png" not in pio.renderers.default.split("+") and "text/html" in figure_bundle(fig)
