@@ -59,6 +59,32 @@ def test_ches_and_logps_equal_the_plain_computation(toy, lean):
     assert list(a.pairs.columns) == list(AUDIT_COLUMNS)
 
 
+def test_a_model_whose_head_is_special_is_scored_from_its_logits(toy):
+    "Where decoder + LM head do not reproduce the logits (01_logps' fallback), the audit's log-probs are still training's"
+    from transformers import LlamaForCausalLM
+
+    class Scaled(LlamaForCausalLM):   # a family that post-processes its logits in forward, unknown to lm_head_logits
+        def forward(self, *a, **kw):
+            out = super().forward(*a, **kw)
+            out.logits = out.logits * 0.5
+            return out
+
+    m = Scaled(toy.model.config)
+    m.load_state_dict(toy.model.state_dict())
+    m.eval()
+    data = toy.train.select(range(12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the fallback's one-line notice
+        a = audit(data, m, toy.tokenizer, max_length=64, max_prompt_length=16, batch_size=5)
+        ref = score_pairs(m, toy.tokenizer, data, max_length=64, max_prompt_length=16, batch_size=4)
+    assert m._dpo_nb_lean_ok is False
+    np.testing.assert_allclose(a.pairs["ref_chosen_logps"], ref["chosen_logps"], atol=1e-3)
+    np.testing.assert_allclose(a.pairs["ref_rejected_logps"], ref["rejected_logps"], atol=1e-3)
+    plain = audit(data, toy.model, toy.tokenizer, max_length=64, max_prompt_length=16, batch_size=5)
+    assert np.abs(a.pairs["ref_chosen_logps"] - plain.pairs["ref_chosen_logps"]).max() > 0.5   # the scaling shows
+    np.testing.assert_allclose(a.pairs["ches"], plain.pairs["ches"], rtol=1e-5)            # the states are the same model's
+
+
 def test_ches_definition_on_known_vectors():
     hp, hm = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[3.0, 4.0], [0.0, 2.0]])
     c, cn = ches(hp, hm, torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0]))
@@ -129,6 +155,20 @@ def test_audit_finds_planted_faults_and_the_filter_removes_them(toy):
     with pytest.raises(ValueError, match="ches_by"): a.suggest_filter(ches_by="nope")
 
 
+def test_the_filter_never_keeps_a_pair_tokenization_dropped(toy):
+    rows = [dict(r) for r in toy.train.select(range(8))]
+    rows[2]["rejected"] = rows[2]["chosen"] + " and more words past the limit " * 8   # the same as chosen once truncated
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = audit(rows, toy.model, toy.tokenizer, max_length=24, max_prompt_length=8)
+        kept, removed = a.suggest_filter()
+    dropped = set(a.report.dropped_ids)
+    assert dropped and not dropped & set(a.pairs["pair_id"])
+    assert not dropped & set(kept["pair_id"]) and dropped <= set(removed["pair_id"])
+    assert len(kept) + len(removed) == len(rows)
+    assert set(removed.loc[removed["pair_id"].isin(dropped), "reason"]) == {"dropped by tokenization (see the data report)"}
+
+
 def test_dropped_rows_are_counted_and_flags_carried(toy):
     rows = [dict(r) for r in toy.train.select(range(10))]
     rows[3]["chosen"] = "   "            # an empty response: dropped by the loader, with its reason
@@ -171,8 +211,9 @@ def test_dpo_nb_audit_user_errors_are_one_line(local, tmp_path, capsys, argv, me
     assert rc == 2 and len(err) == 1 and message in err[0] and err[0].startswith("dpo-nb audit: error:")
 
 
-def test_ches_ranks_displacement_above_chance_on_the_toy(toy):
-    "The validation of 04a_audit, smaller: CHES before training against the chosen log-prob's fall after one epoch"
+def test_ches_ranks_displacement_above_shuffles_on_the_toy(toy):
+    """The validation of 04a_audit, smaller: CHES before training against the chosen log-prob's fall after one epoch.
+    Above shuffles, and no better than the length gap between the responses (04a_audit: CHES follows the lengths here)."""
     import copy
     from dpo_nb.train import DPOConfig, DPOTrainer
     pairs = toy.train.select(range(2000, 2256))
@@ -191,3 +232,6 @@ def test_ches_ranks_displacement_above_chance_on_the_toy(toy):
     rng = np.random.default_rng(0)
     null = np.array([np.corrcoef(rng.permutation(rank(a.pairs["ches"])), rank(fall))[0, 1] for _ in range(500)])
     assert rho > null.mean() + 3 * null.std(), (rho, null.mean(), null.std())
+    gap = (a.pairs["rejected_tokens"] - a.pairs["chosen_tokens"]).to_numpy()
+    assert np.corrcoef(rank(a.pairs["ches"]), rank(gap))[0, 1] > 0.8          # CHES follows the length gap
+    assert np.corrcoef(rank(gap), rank(fall))[0, 1] > rho - 2 * null.std()     # which explains as much of the fall
