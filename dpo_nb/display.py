@@ -73,18 +73,20 @@ def static_images(on: bool | None = None, # True, False, or None: $DPO_NB_STATIC
     if on is None: on = _env_flag("DPO_NB_STATIC_IMAGES")
     if on is None: on = not os.environ.get("IN_TEST") and importlib.util.find_spec("kaleido") is not None
     why = "on" if on else "off (static_images(False), $DPO_NB_STATIC_IMAGES=0, $IN_TEST, or kaleido not installed)"
-    if on:
+    if on:  # plotly warns on every image that kaleido's options are ignored while a shared browser runs: it is the one we start
+        warnings.filterwarnings("ignore", message="The kopts argument is ignored if using a server")
         try: _start_kaleido()
         except Exception as e:
             why, on = f"no static images: {type(e).__name__}: {e}", False
             warnings.warn(f"static_images: {why}. They need kaleido and Chrome or Chromium (pip install kaleido; then "
                           "plotly_get_chrome, or a system chromium). Figures show only where plotly.js runs.")
-    if on:  # plotly warns on every image that kaleido's options are ignored while a shared browser runs: it is the one we started
-        warnings.filterwarnings("ignore", message="The kopts argument is ignored if using a server")
     _STATIC.update(on=on, scale=scale, why=why)
-    renderers = [r for r in pio.renderers.default.split("+") if r and r != "png"] or ["plotly_mimetype"]
     pio.renderers["png"].scale = scale
-    pio.renderers.default = "+".join(renderers + (["png"] if on else []))
+    names = [r for r in pio.renderers.default.split("+") if r]
+    if on and frontend() != "none" and "png" not in names:   # a notebook's kernel: its outputs are what gets saved
+        pio.renderers.default = "+".join((names or ["plotly_mimetype"]) + ["png"])
+    elif not on and "png" in names:                          # (a script's renderer is never touched: fig.show() stays as it was)
+        pio.renderers.default = "+".join(r for r in names if r != "png")
     return on
 
 def figure_image(fig, fmt: str = "png") -> bytes | None:
@@ -120,12 +122,19 @@ def figure_html(fig,                     # a Figure or FigureWidget
     j = (fig_json or pio.to_json(fig, validate=False)).replace("</", "<\\/")
     div, height = f"dpo-{uuid.uuid4().hex[:12]}", fig.layout.height or 450
     fallback = _fallback_html(fig, figure_image(fig, "webp"))  # webp: a third of a PNG's size, in every current browser
+    # plotly.js is loaded by a script element made here, and the figure drawn from its onload: a <script src> tag followed
+    # by an inline script only works while a page is parsed, not where a frontend inserts the HTML (JupyterLab, Notebook 7)
     return (f'<div><div class="dpo-fig-fallback" id="{div}-fallback">{fallback}</div>'
-            f'<script charset="utf-8" src="{plotlyjs_url()}"></script>'
             f'<div id="{div}" class="plotly-graph-div" style="height:{height}px; width:100%; display:none"></div>'
-            f'<script>(function(){{var f = {j}; var d = document.getElementById("{div}"); if (window.Plotly && d) {{'
-            f'd.style.display = "block"; Plotly.newPlot("{div}", f.data, f.layout, {{"displaylogo": false, "responsive": true}}); '
-            f'var b = document.getElementById("{div}-fallback"); if (b) b.remove();}}}})();</script></div>')
+            f'<script>(function(){{var f = {j}, url = "{plotlyjs_url()}";'
+            f'function draw(){{var d = document.getElementById("{div}"); if (!window.Plotly || !d) return; d.style.display = "block";'
+            f'Plotly.newPlot("{div}", f.data, f.layout, {{"displaylogo": false, "responsive": true}});'
+            f'var b = document.getElementById("{div}-fallback"); if (b) b.remove();}}'
+            f'if (window.Plotly) {{ draw(); return; }}'
+            f'var s = document.querySelector("script[data-dpo-plotly]");'
+            f'if (!s) {{ s = document.createElement("script"); s.src = url; s.charset = "utf-8"; s.setAttribute("data-dpo-plotly", "1");'
+            f'document.head.appendChild(s); }}'
+            f's.addEventListener("load", draw);}})();</script></div>')
 
 def figure_bundle(fig) -> dict:
     "A display bundle of a static figure: plotly JSON (JupyterLab), a PNG when static images are on, else HTML with plotly.js from the CDN; text"

@@ -117,7 +117,8 @@ def test_static_images_put_an_image_in_every_form(browser, tmp_path):
     from dpo_nb.plots import empty_figure
     fig = empty_figure("Margins", "nothing yet")
     try:
-        assert static_images(True) and pio.renderers.default.endswith("+png")
+        before = pio.renderers.default
+        assert static_images(True) and pio.renderers.default == before   # outside a notebook kernel the renderer is left alone
         b = figure_bundle(fig)
         assert base64.b64decode(b["image/png"])[:8] == b"\x89PNG\r\n\x1a\n" and "text/html" not in b
         page_file = tmp_path / "fig.html"
@@ -132,4 +133,32 @@ def test_static_images_put_an_image_in_every_form(browser, tmp_path):
         assert got["w"] > 100 and got["h"] > 100 and got["alt"] == "Margins"
     finally:
         static_images(False)
-    assert "png" not in pio.renderers.default.split("+") and "text/html" in figure_bundle(fig)
+    assert pio.renderers.default == before and "text/html" in figure_bundle(fig)
+
+
+def test_figure_html_draws_where_a_frontend_inserts_it(browser, tmp_path):
+    "Inserted into a live page the way JupyterLab renders trusted HTML (innerHTML, then each script re-made), it still draws"
+    import plotly
+    from dpo_nb.display import figure_html, static_images
+    from dpo_nb.plots import empty_figure
+    static_images(False)
+    frag = figure_html(empty_figure("Margins", "nothing yet")) + figure_html(empty_figure("Rewards", "nothing yet"))
+    page_file = tmp_path / "live.html"
+    page_file.write_text("<html><body><div id='out'></div><script>const FRAG = " + json.dumps(frag).replace("</", "<\\/") + """;
+      const out = document.getElementById('out'); out.innerHTML = FRAG;
+      for (const old of out.querySelectorAll('script')) {   // what a frontend does: scripts set by innerHTML never run
+        const s = document.createElement('script'); s.textContent = old.textContent; old.replaceWith(s); }
+      </script></body></html>""")
+    plotlyjs = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    ctx.route("https://cdn.plot.ly/**", lambda r: r.fulfill(path=str(plotlyjs), content_type="application/javascript"))
+    ctx.route(re.compile(r"^https?://(?!cdn\.plot\.ly).*"), lambda r: r.abort())
+    page = ctx.new_page()
+    try:
+        page.goto(page_file.as_uri(), wait_until="load", timeout=60_000)
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length == 2", timeout=60_000)
+        got = page.evaluate("""() => ({fallbacks: document.querySelectorAll('.dpo-fig-fallback').length,
+            loaders: document.querySelectorAll('script[data-dpo-plotly]').length})""")
+    finally:
+        ctx.close()
+    assert got == {"fallbacks": 0, "loaders": 1}     # both drawn, each fallback gone, plotly.js loaded once
