@@ -1,4 +1,4 @@
-"""`dpo-nb demo`, `dpo-nb train`, `dpo-nb audit` and `dpo-nb report`: the notebooks' code, from a terminal.
+"""`dpo-nb demo`, `dpo-nb train`, `dpo-nb audit`, `dpo-nb inspect` and `dpo-nb report`: the notebooks' code, from a terminal.
 
 Docs: https://dpo-nb.github.io/dpo_nb/cli.html.md"""
 
@@ -22,7 +22,8 @@ from .toy import load_toy, mean_reward, sample_completions
 from .train import ConfigError, DPOConfig, DPOTrainer
 
 # %% auto #0
-__all__ = ['DEMO_DEFAULTS', 'USER_ERRORS', 'demo_config', 'summary_table', 'run_demo', 'run_train', 'run_audit', 'main']
+__all__ = ['DEMO_DEFAULTS', 'USER_ERRORS', 'demo_config', 'summary_table', 'run_demo', 'run_train', 'run_audit', 'run_inspect',
+           'main']
 
 # %% ../nbs/09_cli.ipynb #5493cef3
 DEMO_DEFAULTS = dict(steps=93, beta=0.5, loss_type="sigmoid", learning_rate=3e-4, batch_size=32, samples=128)  # 93 steps: one epoch
@@ -195,6 +196,27 @@ def run_audit(model: str, data: str, out: str | Path = "dpo_nb_audit", split: st
               batch_size=batch_size)
     return write_audit_report(a, out, title=f"dpo_nb audit: {data} under {model}")
 
+# %% ../nbs/09_cli.ipynb #7f8e6f4a
+def run_inspect(policy: list, ref: str | None, data: str, out: str | Path = "dpo_nb_inspect", split: str | None = "train",
+                eval_data: str | None = None, eval_split: str | None = None, config: str | Path | None = None,
+                trl_config: str | Path | None = None, kl: bool = True, dtype: str = "auto", trust_remote_code: bool = False,
+                **overrides) -> Path:
+    "Score `data` under each checkpoint of `policy` and under `ref`; write the History, report.html and summary.json into `out`"
+    from dpo_nb.inspection import inspect_models
+    settings = {**(asdict(DPOConfig.from_trl(_read_trl_config(trl_config))) if trl_config else {}),
+                **(_read_config(config) if config else {}), **{k: v for k, v in overrides.items() if v is not None}}
+    _check_out(out)
+    policy = [policy] if isinstance(policy, (str, Path)) else list(policy)
+    for p in policy: _check_local("--policy", str(p))
+    _check_local("--ref", ref)
+    pairs = load_preferences(data, split=split)  # the data first: a bad file is found before a model is loaded
+    ev = load_preferences(eval_data, split=eval_split) if eval_data else None
+    hist = inspect_models(policy if len(policy) > 1 else policy[0], ref, pairs, eval_data=ev, config=settings, kl=kl, dtype=dtype,
+                          trust_remote_code=trust_remote_code)
+    last = hist.evals.iloc[-1].to_dict() if len(hist.evals) else hist.steps.iloc[-1].to_dict()
+    summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in last.items()}
+    return write_report(hist, out, summary=summary, title=f"dpo_nb inspect: {policy[-1]} against {ref or 'its base'} on {data}")
+
 # %% ../nbs/09_cli.ipynb #ddcd4dc9
 def _names(s: str) -> str | list:
     "One name, or a comma-separated list of them."
@@ -280,6 +302,24 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--device", help="where to score (default: where the model loads)")
     a.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
     a.add_argument("--out", default="dpo_nb_audit", help="folder for audit.html and audit.parquet")
+    i = sub.add_parser("inspect", help="a model trained anywhere, against its reference: history/, report.html, summary.json")
+    i.add_argument("--policy", required=True, nargs="+", metavar="DIR", help="the trained model's folder, or its checkpoint folders (checkpoint-N)")
+    i.add_argument("--ref", help="the model it was trained from (default: for peft adapters, the base they name)")
+    i.add_argument("--data", required=True, help="pairs to score: Hub dataset name, local dataset folder, or JSON/JSONL/CSV/Parquet file")
+    i.add_argument("--split", default="train", help="split of --data")
+    i.add_argument("--eval-data", help="held-out pairs (the eval split: probes and KL are measured there)")
+    i.add_argument("--eval-split", help="split of --eval-data")
+    i.add_argument("--config", help="JSON file of DPOConfig settings (the run's beta, loss_type, max_length, ...)")
+    i.add_argument("--trl-config", help="YAML or JSON file of the TRL DPOConfig the run used (--config and flags win)")
+    i.add_argument("--beta", type=float, help="the run's beta")
+    i.add_argument("--loss-type", dest="loss_type", type=_names, metavar="TYPE[,TYPE...]", help="the run's loss type(s)")
+    for f in ("max_length", "max_prompt_length", "probe_pairs", "kl_prompts", "ref_batch_size"):
+        i.add_argument(f"--{f.replace('_', '-')}", dest=f, type=int, help=f"DPOConfig.{f}")
+    i.add_argument("--no-kl", dest="kl", action="store_false", help="skip the KL estimates")
+    i.add_argument("--device", help="where to score (default: cuda, then mps, then cpu)")
+    i.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="load dtype of the weights (auto: as stored)")
+    i.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
+    i.add_argument("--out", default="dpo_nb_inspect", help="folder for history/, report.html and summary.json")
     r = sub.add_parser("report", help="re-render the HTML report of a finished run")
     r.add_argument("dir", help="a folder written by `demo` or `train` (holding history/)")
     return p
@@ -317,6 +357,12 @@ def _run(args) -> int:
                       max_prompt_length=args.max_prompt_length, beta=args.beta, loss_type=args.loss_type, batch_size=args.batch_size,
                       dtype=args.dtype, trust_remote_code=args.trust_remote_code, device=args.device)
         print(f"audit: {p}\ntable: {p.parent / 'audit.parquet'}")
+    elif args.command == "inspect":
+        keys = ("beta", "loss_type", "max_length", "max_prompt_length", "probe_pairs", "kl_prompts", "ref_batch_size", "device")
+        p = run_inspect(args.policy, args.ref, args.data, out=args.out, split=args.split, eval_data=args.eval_data,
+                        eval_split=args.eval_split, config=args.config, trl_config=args.trl_config, kl=args.kl, dtype=args.dtype,
+                        trust_remote_code=args.trust_remote_code, **{k: getattr(args, k) for k in keys})
+        print(f"report: {p}\nhistory: {p.parent / 'history'}")
     elif args.command == "report":
         print(report_from_dir(args.dir))
     return 0

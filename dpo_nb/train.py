@@ -1010,6 +1010,14 @@ def _pair_metrics(chosen_logps, rejected_logps, ref_c, ref_r, cfg, chosen_tokens
     parts = [one(s, s + step) for s in range(0, n, step)] or [one(0, 0)]
     return tuple(torch.cat([p[k] for p in parts]).numpy() for k in range(5)) + (np.arange(n) // step,)
 
+
+def _pair_means(losses, r_c, r_r, chosen_logps, rejected_logps) -> dict:
+    "Means over scored pairs, under TRL's metric names (an evaluation's, or `inspect_models`' whole-dataset ones)."
+    margin = r_c - r_r
+    return {"loss": float(losses.mean()), "rewards/chosen": float(r_c.mean()), "rewards/rejected": float(r_r.mean()),
+            "rewards/margins": float(margin.mean()), "rewards/accuracies": float((margin > 0).mean()),
+            "logps/chosen": float(np.mean(chosen_logps)), "logps/rejected": float(np.mean(rejected_logps))}
+
 # %% ../nbs/03_train.ipynb #4f40ce20
 @patch
 def evaluate(self: DPOTrainer) -> dict:
@@ -1026,9 +1034,7 @@ def evaluate(self: DPOTrainer) -> dict:
     losses, r_c, r_r, w_c, w_r, loss_batch = _pair_metrics(pol["chosen_logps"], pol["rejected_logps"], ref[:, 0], ref[:, 1], self.config,
                                                            pol["chosen_tokens"], pol["rejected_tokens"], pol.get("wpo_weight"), self.world)
     margin = r_c - r_r
-    metrics = {"loss": float(losses.mean()), "rewards/chosen": float(r_c.mean()), "rewards/rejected": float(r_r.mean()),
-               "rewards/margins": float(margin.mean()), "rewards/accuracies": float((margin > 0).mean()),
-               "logps/chosen": float(pol["chosen_logps"].mean()), "logps/rejected": float(pol["rejected_logps"].mean())}
+    metrics = _pair_means(losses, r_c, r_r, pol["chosen_logps"], pol["rejected_logps"])
     if self.aux_coef:  # as in training and in TRL's evaluation: the router term is part of the loss
         metrics["aux_loss"] = float(pol["aux_loss"].mean())
         metrics["loss"] += self.aux_coef * metrics["aux_loss"]
