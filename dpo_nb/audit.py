@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from fastcore.basics import patch
-from .data import PairCollator, load_preferences, tokenize_pairs
+from .data import DataReport, PairCollator, data_report, load_preferences, tokenize_pairs
 from .logps import chunked_target_logps, lean_path_ok, model_device, response_positions
 from .loss import gradient_weights
 
@@ -123,19 +123,29 @@ class Audit:
 
     def __repr__(self): return f"Audit({len(self.pairs)} pairs, {self.settings})"
 
-def audit(data,                         # anything `load_preferences` takes, or its output
+def _tokenized_input(data, tokenizer, max_length, max_prompt_length, **tokenize_kwargs):
+    "(tokenized pairs, the data a filter selects from): `tokenize_pairs` output as given, else loaded and tokenized as training would"
+    if hasattr(data, "column_names") and "chosen_ids" in data.column_names:
+        missing = [c for c in ("pair_id", "prompt_ids", "rejected_ids", "prompt_text", "chosen_text", "rejected_text",
+                               "prompt_truncated", "chosen_truncated", "rejected_truncated", "boundary_merge") if c not in data.column_names]
+        if missing: raise ValueError(f"tokenized pairs lack column(s) {missing}: pass `tokenize_pairs` output, or the pairs themselves")
+        return data, data
+    raw = data if hasattr(data, "report") and hasattr(data, "column_names") and "pair_id" in data.column_names else load_preferences(data)
+    return tokenize_pairs(raw, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length, **tokenize_kwargs), raw
+
+def audit(data,                         # anything `load_preferences` takes, or its output, or `tokenize_pairs` output
           model,                        # the reference: the SFT model training will start from
           tokenizer,                    # its tokenizer
           beta: float = 0.1,            # as in training (for the step-0 gradient weight)
           loss_type="sigmoid",          # as in training
+          loss_kwargs: dict | None = None, # the loss's other settings, as in training: label_smoothing=, simpo_gamma=, ...
           max_length: int | None = 512, # as in training (`tokenize_pairs`)
           max_prompt_length: int | None = 256,
           batch_size: int = 16,         # pairs per forward
           progress: bool = False,       # a tqdm bar
           **tokenize_kwargs) -> Audit:  # chat_template=, tools=, ... (see `tokenize_pairs`)
     "Score every pair with the reference and measure it: its own preference, how alike its responses are, length, duplicates, flags"
-    raw = data if hasattr(data, "report") and hasattr(data, "column_names") and "pair_id" in data.column_names else load_preferences(data)
-    tok = tokenize_pairs(raw, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length, **tokenize_kwargs)
+    tok, raw = _tokenized_input(data, tokenizer, max_length, max_prompt_length, **tokenize_kwargs)
     scored = _score_reference(model, tokenizer, tok, batch_size, progress)
     df = pd.concat([pd.DataFrame({"pair_id": np.asarray(tok["pair_id"])}), scored], axis=1)
     for c in ("chosen_tokens", "rejected_tokens"): df[c] = df[c].astype(int)
@@ -144,17 +154,17 @@ def audit(data,                         # anything `load_preferences` takes, or 
     df["ref_ranks_right"] = df["ref_preference"] > 0
     lp = lambda c: torch.tensor(df[c].to_numpy())
     w = gradient_weights(lp("ref_chosen_logps"), lp("ref_rejected_logps"), lp("ref_chosen_logps"), lp("ref_rejected_logps"), beta=beta,
-                         loss_type=loss_type, chosen_tokens=lp("chosen_tokens"), rejected_tokens=lp("rejected_tokens"))
+                         loss_type=loss_type, chosen_tokens=lp("chosen_tokens"), rejected_tokens=lp("rejected_tokens"), **(loss_kwargs or {}))
     df["step0_weight_chosen"], df["step0_weight_rejected"] = w[0].numpy(), w[1].numpy()
     df = pd.concat([df, pd.DataFrame([edit_stats(c, r) for c, r in zip(tok["chosen_ids"], tok["rejected_ids"])])], axis=1)
     df["longer"] = np.select([df.chosen_tokens > df.rejected_tokens, df.chosen_tokens < df.rejected_tokens], ["chosen", "rejected"], "same")
     df = pd.concat([df, duplicate_columns(tok["prompt_text"], tok["chosen_text"], tok["rejected_text"], tok["pair_id"])], axis=1)
     for c in ("prompt_truncated", "chosen_truncated", "rejected_truncated", "boundary_merge"): df[c] = np.asarray(tok[c], bool)
-    reasons = {}
-    for i in tok.report.issues: reasons.setdefault(i.pair_id, []).append(i.reason)
+    rep, reasons = data_report(tok) or DataReport(source="tokenized pairs given as they were"), {}
+    for i in rep.issues: reasons.setdefault(i.pair_id, []).append(i.reason)
     df["data_flags"] = [",".join(sorted(set(reasons.get(int(p), [])))) for p in df["pair_id"]]
-    settings = dict(beta=beta, loss_type=loss_type, max_length=max_length, max_prompt_length=max_prompt_length)
-    return Audit(df[list(AUDIT_COLUMNS)], tok.report, settings, raw)
+    settings = dict(beta=beta, loss_type=loss_type, **(loss_kwargs or {}), max_length=max_length, max_prompt_length=max_prompt_length)
+    return Audit(df[list(AUDIT_COLUMNS)], rep, settings, raw)
 
 # %% ../nbs/04a_audit.ipynb #5723daf3
 def _share(x) -> dict:
@@ -211,8 +221,9 @@ def suggest_filter(self: Audit,
     if near_duplicates: drop(p["near_duplicate_of"] >= 0, "near-duplicate of an earlier pair")
     if truncated: drop(p["prompt_truncated"] | p["chosen_truncated"] | p["rejected_truncated"], "truncated")
     if ches_top > 0 and len(p):
-        k = math.ceil(ches_top * len(p))   # a share above 0 drops at least one pair
-        top = p[ches_by].rank(ascending=False, method="first") <= k
+        k = math.ceil(ches_top * len(p))   # a share of the audited pairs (above 0: at least one), among those not removed already
+        rest = ~p["pair_id"].isin(list(why))
+        top = rest & (p[ches_by].where(rest).rank(ascending=False, method="first") <= k)
         drop(top, f"top {ches_top:.0%} by {ches_by} (likelihood displacement)")
     removed = pd.DataFrame(sorted(why.items()), columns=["pair_id", "reason"])
     keep = [i for i, pid in enumerate(self.data["pair_id"]) if int(pid) not in why]

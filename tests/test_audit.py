@@ -152,6 +152,12 @@ def test_audit_finds_planted_faults_and_the_filter_removes_them(toy):
     kept2, removed2 = a.suggest_filter(ches_top=0.1, duplicates=False, swapped=False)
     top = p.nlargest(60, "ches")["pair_id"]
     assert set(removed2["pair_id"]) == set(top) and len(kept2) == len(faulty) - 60
+    # with the repeats removed too, the CHES share is taken among the pairs left: 60 more, none of them a repeat
+    kept3, removed3 = a.suggest_filter(ches_top=0.1)
+    by_ches = removed3[removed3.reason.str.startswith("top 10%")]
+    assert len(by_ches) == 60 and len(removed3) == 60 + 60 and not set(by_ches.pair_id) & set(removed.pair_id)
+    rest = p[~p.pair_id.isin(removed.pair_id)]
+    assert set(by_ches.pair_id) == set(rest.nlargest(60, "ches")["pair_id"])
     with pytest.raises(ValueError, match="ches_by"): a.suggest_filter(ches_by="nope")
 
 
@@ -235,3 +241,19 @@ def test_ches_ranks_displacement_above_shuffles_on_the_toy(toy):
     gap = (a.pairs["rejected_tokens"] - a.pairs["chosen_tokens"]).to_numpy()
     assert np.corrcoef(rank(a.pairs["ches"]), rank(gap))[0, 1] > 0.8          # CHES follows the length gap
     assert np.corrcoef(rank(gap), rank(fall))[0, 1] > rho - 2 * null.std()     # which explains as much of the fall
+
+
+def test_tokenized_input_and_the_loss_settings(toy):
+    rows = toy.train.select(range(24))
+    tok = tokenize_pairs(rows, toy.tokenizer, max_length=64, max_prompt_length=16)
+    a = audit(rows, toy.model, toy.tokenizer, max_length=64, max_prompt_length=16)
+    b = audit(tok, toy.model, toy.tokenizer, max_length=64, max_prompt_length=16)  # tokenize_pairs output, taken as it is
+    pd.testing.assert_frame_equal(a.pairs, b.pairs)
+    kept, removed = b.suggest_filter()
+    assert len(kept) == 24 and "chosen_ids" in kept.column_names   # the filter selects from what was given
+    with pytest.raises(ValueError, match="lack column"): audit(tok.remove_columns(["prompt_text"]), toy.model, toy.tokenizer)
+    # the loss's other settings reach the step-0 pulls: conservative DPO's at margin 0 are (1 - 2 eps) / 2
+    c = audit(tok, toy.model, toy.tokenizer, loss_kwargs={"label_smoothing": 0.2})
+    np.testing.assert_allclose(c.pairs["step0_weight_chosen"], 0.3, atol=1e-6)
+    np.testing.assert_allclose(a.pairs["step0_weight_chosen"], 0.5, atol=1e-6)
+    assert c.settings["label_smoothing"] == 0.2
