@@ -19,7 +19,7 @@ from .history import CheckpointError, History
 from .models import DTYPES, REF_ADAPTER, attn_problem, is_peft, load_model
 from .report import report_from_dir, write_audit_report, write_report
 from .toy import load_toy, mean_reward, sample_completions
-from .train import ConfigError, DPOConfig, DPOTrainer
+from .train import ConfigError, DPOConfig, DPOTrainer, check_launcher
 
 # %% auto #0
 __all__ = ['DEMO_DEFAULTS', 'USER_ERRORS', 'demo_config', 'summary_table', 'run_demo', 'run_train', 'run_audit', 'run_inspect',
@@ -142,6 +142,7 @@ def run_train(model: str, data: str, out: str | Path = "dpo_nb_run", split: str 
               config: str | Path | None = None, trl_config: str | Path | None = None, ref: str | None = None, dtype: str = "auto", load_in_4bit: bool = False,
               attn_implementation: str | None = None, trust_remote_code: bool = False, **overrides) -> Path:
     "Train DPO on a real model and dataset; save the model, a checkpoint, the history and the report in `out`."
+    check_launcher()  # a DeepSpeed or FSDP launch config is refused before any data or model is loaded
     settings = {**(asdict(DPOConfig.from_trl(_read_trl_config(trl_config))) if trl_config else {}),  # TRL's, then ours, then flags
                 **(_read_config(config) if config else {})}
     if not (isinstance(eval_fraction, (int, float)) and not isinstance(eval_fraction, bool) and 0 <= eval_fraction < 1):

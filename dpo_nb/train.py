@@ -30,7 +30,7 @@ from .models import (add_reference_adapter, adapter_state, adapters_are_identity
 # %% auto #0
 __all__ = ['DPOConfig', 'ConfigError', 'check_config', 'loss_settings', 'pick_device', 'seed_everything', 'epoch_order',
            'epoch_batches', 'batch_rows', 'NonFiniteError', 'Callback', 'model_fingerprint', 'data_fingerprint',
-           'default_cache_dir', 'ref_cache_path', 'process_state', 'DPOTrainer', 'sample_responses']
+           'default_cache_dir', 'ref_cache_path', 'process_state', 'check_launcher', 'DPOTrainer', 'sample_responses']
 
 # %% ../nbs/03_train.ipynb #a98a9a7d
 @dataclass
@@ -398,11 +398,23 @@ def ref_cache_path(cache_dir, model_fp: str, data_fp: str, device: torch.device,
 # %% ../nbs/03_train.ipynb #1e985c93
 def process_state(device: torch.device):
     "accelerate's process state when launched on several processes (by `accelerate launch` or `notebook_launcher`), else None."
+    check_launcher()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return None
     try: from accelerate import PartialState
     except ImportError as e: raise ImportError("training on several processes needs accelerate: pip install 'dpo_nb[multi]'") from e
     return PartialState(cpu=device.type == "cpu")
 
+
+_ENGINES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+def check_launcher():
+    "Refuse an `accelerate launch` config for an engine this trainer does not run, which it would otherwise silently ignore."
+    for var, name in _ENGINES.items():
+        if os.environ.get(var, "false").lower() in ("true", "1"):
+            raise ConfigError(f"accelerate launch was given a {name} config ({var}=true), but dpo_nb's trainer does not run under {name}: "
+                              "it would train plain data parallel, every process holding the whole model, and ignore the config's "
+                              "sharding settings. Launch with a multi-GPU (DDP) config, e.g. `accelerate launch --multi_gpu "
+                              "--num_processes N -m dpo_nb.cli train ...`")
 
 # %% ../nbs/03_train.ipynb #d333ed2f
 def _tokenized(data, tokenizer, cfg, split: str = "train", resumed: bool = False):
@@ -479,6 +491,7 @@ class DPOTrainer:
                 for t in self.model.state_dict().values(): torch.distributed.broadcast(t, src=0)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._ddp = self._data_parallel()  # (several processes: DistributedDataParallel, in "Several processes in one step")
         self.collate = PairCollator(tokenizer)
         self.lengths = ([len(p) + max(len(c), len(r)) for p, c, r in zip(self.train_data["prompt_ids"], self.train_data["chosen_ids"],
                                                                           self.train_data["rejected_ids"])]
@@ -553,7 +566,7 @@ def _record_run(self: DPOTrainer, model, precision: dict, fresh: bool):
     "Into `history.meta`: the run's settings, precision and processes, the data reports; for a new run, the left-out pairs and the pairs' texts."
     cfg = self.config
     self.history.meta.update(dict(beta=cfg.beta, loss_type=cfg.loss_type, config=asdict(cfg), ref_mode=self.ref_mode, total_steps=self.total_steps,
-                                  processes=self.world, precision=precision, router_aux_loss_coef=self.aux_coef,
+                                  processes=self.world, data_parallel="DistributedDataParallel" if self._ddp is not None else None, precision=precision, router_aux_loss_coef=self.aux_coef,
                                   model=getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)))
     if fresh or "data" not in self.history.meta:
         self.history.meta["data"] = {k: r.to_dict() if r is not None else None
@@ -745,8 +758,8 @@ def _micro_step(self: DPOTrainer, j: int) -> tuple[dict, int]:
     rows = self._my_share(rows)  # several processes: this one's slice of the global batch
     batch = self.collate([self.train_data[i] for i in rows])
     with self._autocast():  # log π(y|x) of both responses, with gradients
-        pol = response_logps(self.model, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0, ld_alpha=cfg.ld_alpha,
-                             sum_sq=cfg.use_weighting)
+        pol = self._forward(response_logps, batch, cfg.chunk_size, cfg.prefix_sharing, router_aux=self.aux_coef != 0,
+                            ld_alpha=cfg.ld_alpha, sum_sq=cfg.use_weighting)  # (several processes: through DDP, below)
     pw = wpo_pair_weights(pol) if cfg.use_weighting else None  # (WPO: constants of this step)
     ref_c, ref_r = (r.to(pol["chosen_logps"].device) for r in self._ref_for_batch(rows, batch))  # log π_ref(y|x) (a dispatched model's head may sit elsewhere)
     self._check_logps(pol, ref_c, ref_r, batch)
@@ -767,11 +780,11 @@ def train_step(self: DPOTrainer) -> dict:
     self.model.train()
     parts = []
     for j in range(cfg.grad_accum_steps):
-        part, epoch = self._micro_step(j)  # forward, loss, backward: the gradients add up
+        with self._no_sync(j < cfg.grad_accum_steps - 1):  # (several processes: gradients averaged in the last backward only)
+            part, epoch = self._micro_step(j)  # forward, loss, backward: the gradients add up
         parts.append(part)
-    with _DeferInterrupt():  # from the gradient sync on, the step completes even if interrupted (the loss scaler too)
+    with _DeferInterrupt():  # from the last backward on, the step completes even if interrupted (the loss scaler too)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self._average_gradients(params)  # (several processes: the mean over the global batch)
         self._unscale()  # (fp16: the gradients back to their true size)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
         overflow = self._check_gradient(grad_norm, parts)  # a non-finite norm: an fp16 overflow, else an error
@@ -836,6 +849,33 @@ def _my_share(self: DPOTrainer, rows: list[int]) -> list[int]:
     per = self.config.batch_size // self.world
     return rows[self.rank * per:(self.rank + 1) * per]
 
+# %% ../nbs/03_train.ipynb #7209c9ff
+class _Forward(torch.nn.Module):
+    "A model whose `forward` runs any function of it, so that a wrapper (DDP) sees a whole computation as its own forward"
+    def __init__(self, model): super().__init__(); self.model = model
+    def forward(self, fn, *args, **kwargs): return fn(self.model, *args, **kwargs)
+
+
+@patch
+def _data_parallel(self: DPOTrainer):
+    "Several processes: the policy in DistributedDataParallel (through `_Forward`); one process: None"
+    if self.world == 1 or not any(p.requires_grad for p in self.model.parameters()): return None
+    ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if self.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(_Forward(self.model), device_ids=ids, broadcast_buffers=False,
+                                                     find_unused_parameters=True)
+
+
+@patch
+def _forward(self: DPOTrainer, fn, *args, **kwargs):
+    "`fn(policy, *args, **kwargs)`: through DDP with several processes, else directly"
+    return self._ddp(fn, *args, **kwargs) if self._ddp is not None else fn(self.model, *args, **kwargs)
+
+
+@patch
+def _no_sync(self: DPOTrainer, skip: bool):
+    "A context in which a backward does not average gradients across processes (when `skip`, with several processes)"
+    return self._ddp.no_sync() if skip and self._ddp is not None else contextlib.nullcontext()
+
 # %% ../nbs/03_train.ipynb #ee8c8826
 @patch
 def _all_ok(self: DPOTrainer, ok: bool) -> bool:
@@ -854,16 +894,6 @@ def _gather_rows(self: DPOTrainer, parts: list[dict]) -> dict:
         torch.distributed.all_gather_object(got, parts)
         parts = [got[k][j] for j in range(len(parts)) for k in range(self.world)]
     return {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
-
-
-@patch
-def _average_gradients(self: DPOTrainer, params):
-    "The mean of every gradient over processes, in place."
-    if self.world == 1: return
-    for p in params:
-        if p.grad is None: p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-        p.grad.div_(self.world)
 
 
 @patch

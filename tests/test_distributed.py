@@ -59,6 +59,7 @@ def test_accelerate_launch_two_processes_equal_one(local, tmp_path, extra):
     assert r.stdout.count("model: ") == 1  # process 0 reports (and writes) alone
     one, two = History.load(tmp_path / "one" / "history"), History.load(tmp_path / "two" / "history")
     assert (one.meta["processes"], two.meta["processes"]) == (1, 2)
+    assert (one.meta["data_parallel"], two.meta["data_parallel"]) == (None, "DistributedDataParallel")  # gradients averaged by DDP
     assert len(two.steps) == 5
     np.testing.assert_allclose(two.steps["loss"], one.steps["loss"], atol=1e-6, rtol=0)
     assert one.steps["loss"].iloc[-1] < one.steps["loss"].iloc[0] - 0.05  # it learned, so equal losses mean something
@@ -146,3 +147,15 @@ def test_process_0_decides_the_reference_cache(local, tmp_path):
     assert (first0["cache"], first1["cache"]) == ("written", "computed")
     assert (second0["cache"], second1["cache"]) == ("read", "read")  # process 1's own folder is empty: it follows process 0
     np.testing.assert_allclose(second0["loss"], first0["loss"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("var, name", [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")])
+def test_a_sharding_launcher_config_is_refused_not_ignored(local, tmp_path, var, name):
+    "accelerate launch with a DeepSpeed or FSDP config sets these; the trainer does not shard, so it says so and stops"
+    env = dict(ENV, **{var: "true"})
+    r = subprocess.run([sys.executable, "-m", "dpo_nb.cli"] + train_args(local, tmp_path / "out"), env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    line, = r.stderr.strip().splitlines()[-1:]
+    assert line.startswith("dpo-nb train: error: ") and f"a {name} config" in line and "--multi_gpu" in line
+    assert not (tmp_path / "out" / "model").exists()
