@@ -1,4 +1,4 @@
-"""`dpo-nb demo`, `dpo-nb train`, `dpo-nb audit`, `dpo-nb inspect` and `dpo-nb report`: the notebooks' code, from a terminal.
+"""`dpo-nb demo`, `dpo-nb train`, `dpo-nb audit`, `dpo-nb inspect`, `dpo-nb compare` and `dpo-nb report`: the notebooks' code, from a terminal.
 
 Docs: https://dpo-nb.github.io/dpo_nb/cli.html.md"""
 
@@ -17,13 +17,13 @@ import torch
 from .data import PreferenceDataError, load_preferences, split_pairs, tokenize_pairs
 from .history import CheckpointError, History
 from .models import DTYPES, REF_ADAPTER, attn_problem, is_peft, load_model
-from .report import report_from_dir, write_audit_report, write_report
+from .report import report_from_dir, write_audit_report, write_comparison_report, write_report
 from .toy import load_toy, mean_reward, sample_completions
 from .train import ConfigError, DPOConfig, DPOTrainer, check_launcher
 
 # %% auto #0
 __all__ = ['DEMO_DEFAULTS', 'USER_ERRORS', 'demo_config', 'summary_table', 'run_demo', 'run_train', 'run_audit', 'run_inspect',
-           'main']
+           'run_compare', 'main']
 
 # %% ../nbs/09_cli.ipynb #5493cef3
 DEMO_DEFAULTS = dict(steps=93, beta=0.5, loss_type="sigmoid", learning_rate=3e-4, batch_size=32, samples=128)  # 93 steps: one epoch
@@ -218,6 +218,25 @@ def run_inspect(policy: list, ref: str | None, data: str, out: str | Path = "dpo
     summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in last.items()}
     return write_report(hist, out, summary=summary, title=f"dpo_nb inspect: {policy[-1]} against {ref or 'its base'} on {data}")
 
+# %% ../nbs/09_cli.ipynb #2f98fdf0
+def _history_dir(run) -> Path:
+    "A saved History's folder: `run` itself, or its `history/`"
+    d = Path(run)
+    if (d / "history").is_dir(): d = d / "history"
+    if not d.is_dir(): raise FileNotFoundError(f"{run}: no such folder (a run folder written by dpo-nb, or a saved History)")
+    return d
+
+def run_compare(runs: list, out: str | Path = "dpo_nb_compare", names: list | None = None, split: str = "train",
+                units: str = "logratio", tol: float = 1.0) -> Path:
+    "Compare the runs saved in `runs`; write comparison.html, comparison_runs.csv and comparison_pairs.parquet into `out`"
+    from dpo_nb.compare import compare
+    _check_out(out)
+    if len(runs) < 2: raise ConfigError(f"dpo-nb compare needs two runs or more, got {len(runs)}")
+    if names is not None and len(names) != len(runs): raise ConfigError(f"--names gives {len(names)} names for {len(runs)} runs")
+    if not tol > 0: raise ConfigError(f"--tol {tol}: must be > 0")
+    c = compare([History.load(_history_dir(r)) for r in runs], names=names, split=split, units=units, tol=tol)
+    return write_comparison_report(c, out, title=f"dpo_nb comparison: {', '.join(c.names)}")
+
 # %% ../nbs/09_cli.ipynb #ddcd4dc9
 def _names(s: str) -> str | list:
     "One name, or a comma-separated list of them."
@@ -321,6 +340,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="load dtype of the weights (auto: as stored)")
     i.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
     i.add_argument("--out", default="dpo_nb_inspect", help="folder for history/, report.html and summary.json")
+    c = sub.add_parser("compare", help="two or more finished runs side by side: comparison.html, its tables")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders (written by demo, train or inspect) or saved Histories")
+    c.add_argument("--names", type=_names, help="the runs' names, comma-separated, in order (default: loss type and beta)")
+    c.add_argument("--split", default="train", help="whose pairs to join: train, eval or probe")
+    c.add_argument("--units", default="logratio", choices=["logratio", "margin"], help="a pair's change as margin/beta (logratio) or margin")
+    c.add_argument("--tol", type=float, default=1.0, help="a change above this (nats, in --units) counts as moved")
+    c.add_argument("--out", default="dpo_nb_compare", help="folder for comparison.html and its tables")
     r = sub.add_parser("report", help="re-render the HTML report of a finished run")
     r.add_argument("dir", help="a folder written by `demo` or `train` (holding history/)")
     return p
@@ -364,6 +390,10 @@ def _run(args) -> int:
                         eval_split=args.eval_split, config=args.config, trl_config=args.trl_config, kl=args.kl, dtype=args.dtype,
                         trust_remote_code=args.trust_remote_code, **{k: getattr(args, k) for k in keys})
         print(f"report: {p}\nhistory: {p.parent / 'history'}")
+    elif args.command == "compare":
+        names = [args.names] if isinstance(args.names, str) else args.names
+        p = run_compare(args.runs, out=args.out, names=names, split=args.split, units=args.units, tol=args.tol)
+        print(f"comparison: {p}")
     elif args.command == "report":
         print(report_from_dir(args.dir))
     return 0

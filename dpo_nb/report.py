@@ -9,16 +9,20 @@ from __future__ import annotations
 import html, json
 from datetime import datetime, timezone
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from .data import DataReport
 from .history import History, DEFINITIONS, KL_METHODS, _json_safe
 from .plots import (plot_training_curves, plot_reward_distributions, plot_kl, plot_margin_change,
                           plot_displacement, plot_token_heatmap, plot_frontier, plot_audit)
+from .compare import (UNITS, UNIT_LABELS, CATEGORIES, category_label, runs_html, plot_compare_curves, plot_compare_pairs,
+                            plot_compare_frontier)
 
 # %% auto #0
 __all__ = ['report_figures', 'summary_table', 'data_report_html', 'data_section_html', 'write_report', 'report_from_dir',
-           'audit_section_html', 'write_audit_report']
+           'audit_section_html', 'write_audit_report', 'comparison_figures', 'comparison_section_html',
+           'write_comparison_report']
 
 # %% ../nbs/08_report.ipynb #e90d5f9b
 def report_figures(h: History,         # the run
@@ -211,4 +215,75 @@ def write_audit_report(a, out_dir, title: str = "dpo_nb audit") -> Path:
     path = out / "audit.html"
     path.write_text(_page(title, a.settings, [f'<section id="audit">{audit_section_html(a)}</section>',
                                               f'<section id="data"><h2>Data report</h2>{data_report_html(a.report)}</section>']), encoding="utf-8")
+    return path
+
+# %% ../nbs/08_report.ipynb #7232045b
+def _versus(c, versus) -> list:
+    "The (A, B) pairs of runs to show: those given, else the first run against each other one"
+    if versus is not None: return [tuple(v) for v in versus]
+    return [(c.names[0], n) for n in c.names[1:]] or [(c.names[0], c.names[0])]
+
+def comparison_figures(c,              # a `Comparison` (06d_compare)
+                       versus=None     # (A, B) pairs of run names to set against each other (None: the first run against each other)
+                      ) -> list[tuple[str, str, go.Figure]]:
+    "(heading, caption, figure) for every figure of a comparison's report"
+    ul = UNIT_LABELS[c.units]
+    figs = [("Curves, overlaid", "Each run's per-step batch means (solid) and evaluation means (dashed), one colour per run, under "
+             "TRL's metric names. Rewards and margins carry β: across a β sweep compare them with that in mind.", plot_compare_curves(c))]
+    for a, b in _versus(c, versus):
+        figs.append((f"{a} against {b}, pair by pair", f"One dot per pair every run scored at two or more steps: the change of its "
+                     f"{ul} in {a} (across) and in {b} (up), each between that run's first and latest scoring. Inside the dotted band "
+                     f"(±{c.tol:g} nats) a run did not move the pair.", plot_compare_pairs(c, a, b)))
+    figs.append(("Reward vs KL across runs", "Each run's evaluation reward against its KL from the reference at the same step, all "
+                 "runs measured by one KL method (named on the axis).", plot_compare_frontier(c)))
+    return figs
+
+def _moved_html(c, a: str, b: str, top: int) -> str:
+    "The category counts of A against B, and the pairs only one of them moved (largest difference first)"
+    v = c.versus(a, b)
+    rows = "".join(f"<tr><th>{html.escape(category_label(k, a, b))}</th><td>{int((v.category == k).sum())}</td>"
+                   f"<td>{html.escape(CATEGORIES[k].replace('run A', a).replace('run B', b))}</td></tr>" for k in CATEGORIES)
+    t = c.histories[a].texts
+    t = t[t["split"].to_numpy() == c.split].drop_duplicates("pair_id", keep="last").set_index("pair_id")
+    out = f'<table class="kv"><caption>{html.escape(a)} against {html.escape(b)}: {len(v)} pairs</caption>{rows}</table>'
+    for k in ("only A", "only B"):
+        d = v[v.category == k]
+        d = d.iloc[np.argsort(-np.abs(d["delta_a"] - d["delta_b"]).to_numpy(), kind="stable")].head(top)
+        d = d.assign(prompt=t["prompt"].reindex(d["pair_id"]).fillna("").str.slice(0, 80).to_numpy() if len(t) else "")
+        d = d[["pair_id", "delta_a", "delta_b", "steps_a", "steps_b", "prompt"]].rename(columns={"delta_a": f"Δ in {a}", "delta_b": f"Δ in {b}"})
+        out += _pairs_table(d, f"{category_label(k, a, b)} (top {top})")
+    return '<div class="tables">' + out + "</div>"
+
+# %% ../nbs/08_report.ipynb #c41d671e
+def comparison_section_html(c,                       # a `Comparison` (06d_compare)
+                            include_plotlyjs=True,   # inline plotly.js with the first figure (False: the page has it already)
+                            versus=None,             # (A, B) pairs of runs set against each other (None: the first against each other)
+                            top: int = 10            # pairs listed per "only one run moved it" table
+                           ) -> str:
+    "A comparison of runs as HTML: the runs, the join, the curves, pairs run against run, the frontier, the definitions"
+    parts = [f"<h3>The runs</h3>{runs_html(c)}<p>{html.escape(c.coverage_note())}</p>"]
+    pairs = iter(_versus(c, versus))
+    for i, (heading, caption, fig) in enumerate(comparison_figures(c, versus)):
+        div = fig.to_html(full_html=False, include_plotlyjs=bool(include_plotlyjs) and i == 0, config={"displaylogo": False, "responsive": True})
+        parts.append(f"<h3>{html.escape(heading)}</h3><p class=\"cap\">{html.escape(caption)}</p>{div}")
+        if heading.endswith("pair by pair"): parts.append(_moved_html(c, *next(pairs), top))
+    defs = [(f"Δ ({UNIT_LABELS[c.units]})", UNITS[c.units] + "; its change between a run's first and latest scoring of the pair"),
+            ("moved", f"|Δ| > {c.tol:g} nats")] + [(category_label(k, "A", "B"), v) for k, v in CATEGORIES.items()]
+    parts.append("<h3>Definitions</h3><dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in defs) + "</dl>")
+    return '<div class="dpo-comparison">' + "".join(parts) + "</div>"
+
+def write_comparison_report(c,                            # a `Comparison` (06d_compare)
+                            out_dir,                      # directory to write into (created)
+                            title: str = "DPO run comparison", # the page title
+                            versus=None,                  # (A, B) pairs of runs set against each other (None: the first against each other)
+                            top: int = 10                 # pairs listed per "only one run moved it" table
+                           ) -> Path:
+    "Write comparison.html (self-contained), comparison_runs.csv and comparison_pairs.parquet into `out_dir`; return the HTML's path"
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    c.runs.to_csv(out / "comparison_runs.csv")
+    c.changes().to_parquet(out / "comparison_pairs.parquet", index=False)
+    sub = {"runs": ", ".join(c.names), "split": c.split, "units": c.units, "tol (nats)": c.tol}
+    path = out / "comparison.html"
+    path.write_text(_page(title, sub, [f'<section id="comparison">{comparison_section_html(c, True, versus, top)}</section>',
+                                       f'<section id="definitions"><h2>Definitions</h2>{_definitions_html()}</section>']), encoding="utf-8")
     return path
