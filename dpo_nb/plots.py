@@ -14,9 +14,11 @@ from plotly.subplots import make_subplots
 from .history import History, DEFINITIONS, KL_METHODS
 
 # %% auto #0
-__all__ = ['TEMPLATE', 'QUADRANTS', 'NO_PROBE_TOKENS', 'REWARD_KEYS', 'empty_figure', 'default_split', 'plot_training_curves',
-           'reward_quantiles', 'plot_reward_distributions', 'plot_kl', 'plot_margin_change', 'quadrant_counts',
-           'plot_displacement', 'plot_token_heatmap', 'frontier_points', 'pareto_front', 'plot_frontier', 'plot_audit']
+__all__ = ['TEMPLATE', 'QUADRANTS', 'NO_PROBE_TOKENS', 'REWARD_KEYS', 'AUDIT_COLOURINGS', 'empty_figure', 'default_split',
+           'plot_training_curves', 'reward_quantiles', 'plot_reward_distributions', 'plot_kl', 'plot_margin_change',
+           'quadrant_counts', 'plot_displacement', 'plot_token_heatmap', 'frontier_points', 'pareto_front',
+           'plot_frontier', 'plot_audit', 'audit_flag_groups', 'plot_audit_scatter', 'mark_audit_pair', 'length_bias',
+           'plot_length_bias']
 
 # %% ../nbs/05_plots.ipynb #3fe0b501
 _AXIS = dict(gridcolor="#ececec", zerolinecolor="#cfcfcf", linecolor="#9a9a9a", showline=True, ticks="outside", tickcolor="#9a9a9a")
@@ -491,4 +493,126 @@ def plot_audit(table: pd.DataFrame,   # an `Audit.pairs` table (04a_audit)
     fig.update_xaxes(title_text="tokens", row=1, col=2)
     fig.update_yaxes(title_text="pairs", row=1, col=2)
     fig.update_layout(title=title, height=460, legend=dict(orientation="h", yanchor="top", y=-0.2), margin=dict(b=120))
+    return fig.update_layout(template=TEMPLATE)
+
+# %% ../nbs/05_plots.ipynb #39c97d6d
+AUDIT_COLOURINGS = ("reference ranks it right", "flags", "edit share")
+_FLAG_GROUPS = (("duplicate or swapped labels", "#9467bd"), ("truncated or boundary merge", "#ff7f0e"),
+                ("near-identical responses (edit share < 0.25)", "#d62728"), ("other data-report flag", "#8c564b"),
+                ("no flag", "#7f9fbf"))
+
+def audit_flag_groups(table: pd.DataFrame) -> np.ndarray:
+    "Each audited pair's first flag group of `_FLAG_GROUPS` (repeats, then truncation, then near-identical, then the data report's)"
+    t, n = table, len(table)
+    masks = [((t["duplicate_of"] >= 0) | (t["swapped_of"] >= 0) | (t["near_duplicate_of"] >= 0)).to_numpy(),
+             (t["prompt_truncated"] | t["chosen_truncated"] | t["rejected_truncated"] | t["boundary_merge"]).to_numpy(bool),
+             (t["edit_share"] < 0.25).to_numpy(), (t["data_flags"].fillna("") != "").to_numpy()]
+    return np.select(masks, [g for g, _ in _FLAG_GROUPS[:-1]], _FLAG_GROUPS[-1][0]) if n else np.array([], dtype=object)
+
+def _audit_groups(t: pd.DataFrame, colour: str) -> list:
+    "(name, mask, colour) of each trace of the scatter"
+    if colour == "reference ranks it right":  # summed (the x axis' sign) and per token: where the two disagree, length decided
+        r, k = t["ref_ranks_right"].to_numpy(bool), (t["ref_preference_per_token"] > 0).to_numpy()
+        return [("ranks it right, summed and per token", r & k, "#1f77b4"), ("right summed, wrong per token", r & ~k, "#9ecae1"),
+                ("wrong summed, right per token", ~r & k, "#fcae91"), ("ranks it wrong, summed and per token", ~r & ~k, "#d62728")]
+    g = audit_flag_groups(t)
+    return [(name, g == name, c) for name, c in _FLAG_GROUPS]
+
+# %% ../nbs/05_plots.ipynb #5c59b6d3
+def plot_audit_scatter(table: pd.DataFrame,        # an `Audit.pairs` table (04a_audit)
+                       ches: str = "ches",          # the y axis: "ches" or "ches_norm"
+                       colour: str = "reference ranks it right", # one of `AUDIT_COLOURINGS`
+                       selected: int | None = None, # a pair_id to mark
+                       max_points: int = 5000       # a random subset beyond this many pairs (the selected pair always shown)
+                      ) -> go.Figure:
+    "CHES (or its normalised form) of each pair against the reference's preference, coloured; each point knows its pair_id"
+    if ches not in ("ches", "ches_norm"): raise ValueError(f"ches={ches!r}: choose 'ches' or 'ches_norm'")
+    if colour not in AUDIT_COLOURINGS: raise ValueError(f"colour={colour!r}: choose one of {AUDIT_COLOURINGS}")
+    label = "normalised CHES" if ches == "ches_norm" else "CHES"
+    title = f"{label} against the reference's preference, {len(table):,} pairs"
+    if not len(table): return empty_figure(title, "no pair was audited")
+    t = table.sample(max_points, random_state=0).sort_index() if len(table) > max_points else table
+    cd = np.column_stack([t["pair_id"].to_numpy(), t["edit_share"].to_numpy(float), t["chosen_tokens"].to_numpy(),
+                          t["rejected_tokens"].to_numpy(), t["ref_preference_per_token"].to_numpy(float)])
+    hov = ("<b>pair %{customdata[0]}</b><br>log π_ref(chosen) − log π_ref(rejected) = %{x:.3f} nats (%{customdata[4]:+.3f} per token)"
+           f"<br>{label} = %{{y:.4g}}<br>token edit share %{{customdata[1]:.2f}} · tokens %{{customdata[2]}} / %{{customdata[3]}}"
+           "<extra>%{fullData.name}</extra>")
+    x, y = t["ref_preference"].to_numpy(float), t[ches].to_numpy(float)
+    fig = go.Figure()
+    if colour == "edit share":
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="pairs", customdata=cd, hovertemplate=hov,
+                                 marker=dict(color=cd[:, 1], colorscale="Viridis", cmin=0, cmax=1, size=7, opacity=0.8,
+                                             colorbar=dict(title="edit share", thickness=12))))
+    else:
+        for name, m, c in _audit_groups(t, colour):
+            if m.any(): fig.add_trace(go.Scatter(x=x[m], y=y[m], mode="markers", name=f"{name}: {int(m.sum())}", customdata=cd[m],
+                                                 hovertemplate=hov, marker=dict(color=c, size=7, opacity=0.75)))
+    fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="selected pair", hoverinfo="skip", customdata=np.zeros((0, 5)),
+                             marker=dict(symbol="star", size=18, color="rgba(0,0,0,0)", line=dict(color="#111", width=2))))
+    mark_audit_pair(fig, table, selected, ches)
+    fig.add_vline(x=0, line=dict(color="#888", dash="dot"))
+    fig.update_xaxes(title_text="log π_ref(chosen) − log π_ref(rejected) (nats)")
+    fig.update_yaxes(title_text=f"{label} (higher: more alike)")
+    fig.update_layout(title=f"{title}<br><sup>right of 0: the reference already ranks the pair right<br>high {label}: pushing the "
+                            "rejected response down drags the chosen one too (Razin et al. 2024)</sup>", height=500, margin=dict(t=100, b=130),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2), meta=dict(ches=ches, colour=colour, shown=len(t)),
+                      hovermode="closest")
+    return fig.update_layout(template=TEMPLATE)
+
+def mark_audit_pair(fig, table: pd.DataFrame, pair_id: int | None, ches: str = "ches"):
+    "Put the star of `plot_audit_scatter`'s last trace on `pair_id` (None: no star), in place; a Figure or a FigureWidget"
+    r = table[table["pair_id"].to_numpy() == pair_id] if pair_id is not None else table.iloc[:0]
+    tr = fig.data[-1]
+    tr.x, tr.y = r["ref_preference"].to_numpy(float), r[ches].to_numpy(float)
+    tr.customdata = r["pair_id"].to_numpy()[:, None].astype(float)
+    fig.layout.meta = {**(fig.layout.meta or {}), "selected": None if pair_id is None else int(pair_id)}
+    return fig
+
+# %% ../nbs/05_plots.ipynb #77995d3d
+_GAPS = (1, 2, 3, 5, 9, 17, 33, np.inf)   # bins of |chosen − rejected| tokens: 1, 2, 3–4, 5–8, 9–16, 17–32, 33+
+
+def length_bias(table: pd.DataFrame) -> dict:
+    "How often the longer response is the chosen one (among pairs of different lengths, with its standard error), and the rule's accuracy over all pairs"
+    d = (table["chosen_tokens"] - table["rejected_tokens"]).to_numpy()
+    n, k = int((d != 0).sum()), int((d > 0).sum())
+    p = k / n if n else float("nan")
+    return dict(pairs=len(d), differ=n, chosen_longer=k, share=p, se=float(np.sqrt(p * (1 - p) / n)) if n else float("nan"),
+                rule_accuracy=(k + 0.5 * (len(d) - n)) / len(d) if len(d) else float("nan"),   # ties: a coin flip
+                ref_ranking_accuracy=float(table["ref_ranks_right"].mean()) if len(d) else float("nan"))
+
+# %% ../nbs/05_plots.ipynb #8f1b41a2
+def plot_length_bias(table: pd.DataFrame   # an `Audit.pairs` table (04a_audit)
+                    ) -> go.Figure:
+    "The length gap of every pair, and how often the longer response is the chosen one, by the size of the gap"
+    title = f"Length bias of {len(table):,} pairs"
+    if not len(table): return empty_figure(title, "no pair was audited")
+    b, d = length_bias(table), (table["chosen_tokens"] - table["rejected_tokens"]).to_numpy()
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.12,
+                        subplot_titles=["chosen − rejected tokens", "chosen is the longer, by the gap"])
+    for m, name, c in ((d > 0, "chosen is longer", "#2ca02c"), (d == 0, "same length", "#9a9a9a"), (d < 0, "rejected is longer", "#d62728")):
+        fig.add_trace(go.Histogram(x=d[m], name=f"{name}: {int(m.sum())}", marker_color=c, xbins=dict(size=1), legendgroup="h",
+                                   hovertemplate="chosen − rejected = %{x} tokens: %{y} pairs<extra></extra>"), row=1, col=1)
+    gap, labs, shares, ses, ns = np.abs(d), [], [], [], []
+    for lo, hi in zip(_GAPS[:-1], _GAPS[1:]):
+        m = (gap >= lo) & (gap < hi)
+        if not m.any(): continue
+        p = float((d[m] > 0).mean())
+        labs.append(f"{lo}" if hi == lo + 1 else (f"{lo}+" if hi == np.inf else f"{lo}–{int(hi) - 1}"))
+        shares.append(p); ses.append(float(np.sqrt(p * (1 - p) / m.sum()))); ns.append(int(m.sum()))
+    fig.add_trace(go.Bar(x=labs, y=shares, error_y=dict(type="data", array=ses, color="#555"), marker_color="#9ecf9e",
+                         text=[f"n={n}" for n in ns], textposition="inside", insidetextanchor="start", customdata=ns, showlegend=False,
+                         hovertemplate="|gap| %{x} tokens: chosen is the longer in %{y:.0%} of %{customdata} pairs (± se)<extra></extra>"),
+                  row=1, col=2)
+    for y, dash, name in ((0.5, "dash", "no bias"), (b["share"], "solid", "all pairs of different lengths"),
+                          (b["ref_ranking_accuracy"], "dot", "the reference ranks the pair right")):
+        if np.isfinite(y) and labs: fig.add_trace(go.Scatter(x=labs, y=[y] * len(labs), mode="lines", name=f"{name}: {y:.0%}", legendgroup="s",
+                                                             line=dict(color="#333", dash=dash, width=1.5), hoverinfo="skip"), row=1, col=2)
+    fig.update_xaxes(title_text="tokens", row=1, col=1); fig.update_yaxes(title_text="pairs", row=1, col=1)
+    fig.update_xaxes(title_text="|chosen − rejected| (tokens)", type="category", row=1, col=2)
+    fig.update_yaxes(title_text="share of pairs", range=[0, 1.05], tickformat=".0%", row=1, col=2)
+    sub = (f"chosen is the longer in {b['share']:.0%} (± {b['se']:.0%}) of {b['differ']:,} pairs of different lengths<br>the rule "
+           f"'the longer is chosen' gets {b['rule_accuracy']:.0%} of all labels right (ties: half); the reference's own preference, "
+           f"{b['ref_ranking_accuracy']:.0%}") if b["differ"] else "every pair's two responses have the same length"
+    fig.update_layout(title=f"{title}<br><sup>{sub}</sup>", barmode="stack", height=460, margin=dict(t=135, b=130),
+                      legend=dict(orientation="h", yanchor="top", y=-0.22), meta=b)
     return fig.update_layout(template=TEMPLATE)

@@ -19,7 +19,7 @@ from .plots import TEMPLATE, NO_PROBE_TOKENS, empty_figure, default_split
 from .display import _lines, _CSS_MUTED
 
 # %% auto #0
-__all__ = ['FLAG_COLUMNS', 'RANKINGS', 'Run', 'as_run', 'token_records', 'tokens_html', 'fill_pair_trajectory',
+__all__ = ['FLAG_COLUMNS', 'COLOURINGS', 'RANKINGS', 'Run', 'as_run', 'token_records', 'tokens_html', 'fill_pair_trajectory',
            'plot_pair_trajectory', 'rank_pairs', 'search_pairs', 'replay_losses', 'plot_replay']
 
 # %% ../nbs/06a_runs.ipynb #6e929338
@@ -259,6 +259,9 @@ def pair_tokens(self: Run, split: str, pair_id: int) -> pd.DataFrame | None:
 
 # %% ../nbs/06a_runs.ipynb #bbfcecf3
 _POS, _NEG = (33, 102, 172), (178, 24, 43)   # RdBu's ends: blue = more likely under the policy, red = less
+_UNLIKELY = (166, 54, 3)                      # colour="ref_logp": one hue (Oranges' dark end), darker = less likely under the reference
+COLOURINGS = {"log_ratio": "log π − log π_ref per token: the policy against the reference",
+              "ref_logp": "log π_ref per token: the reference's own log-prob (before training, where there is no policy)"}
 
 def _fnum(x, spec=".3f", none="–") -> str:
     try: x = float(x)
@@ -269,35 +272,61 @@ def _tok_text(s) -> str:
     s = "" if s is None else str(s)
     return html.escape(s.replace("\n", "↵").replace("\t", "⇥")) or "∅"
 
-def _tok_span(r, scale: float) -> str:
+def _tok_span(r, scale: float, colour: str = "log_ratio") -> str:
     lr, lp, rlp = r.log_ratio, r.logp, r.ref_logp
-    tip = (f"token {str(r.token)!r} (id {int(r.token_id)}) at position {int(r.position)}\n"
-           f"log π = {_fnum(lp)}\nlog π_ref = {_fnum(rlp)}\nlog π − log π_ref = {_fnum(lr, '+.3f')} nats")
-    if np.isfinite(lr):
-        a = min(abs(lr) / scale, 1.0)
-        rgb = _POS if lr > 0 else _NEG
+    tip = f"token {str(r.token)!r} (id {int(r.token_id)}) at position {int(r.position)}\n"
+    if colour == "ref_logp":
+        tip += f"log π_ref = {_fnum(rlp)} nats (p_ref = {_fnum(math.exp(rlp) if np.isfinite(rlp) else None, '.3g')})"
+        v, rgb, extra = -rlp, _UNLIKELY, f' data-ref-logp="{_fnum(rlp, ".4f", "nan")}"'
+    else:
+        tip += f"log π = {_fnum(lp)}\nlog π_ref = {_fnum(rlp)}\nlog π − log π_ref = {_fnum(lr, '+.3f')} nats"
+        v, rgb, extra = abs(lr), (_POS if lr > 0 else _NEG), ""
+    if np.isfinite(v):
+        a = min(v / scale, 1.0)
         bg, fg = f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{0.06 + 0.84 * a:.2f})", ("white" if a > 0.6 else "#111")
     else: bg, fg = "#f3f3f3", "#111"
-    return (f'<span class="dpo-tok" data-lr="{_fnum(lr, ".4f", "nan")}" title="{html.escape(tip, quote=True)}" '
+    return (f'<span class="dpo-tok" data-lr="{_fnum(lr, ".4f", "nan")}"{extra} title="{html.escape(tip, quote=True)}" '
             f'style="background:{bg};color:{fg};padding:1px 2px;margin:1px;border-radius:3px;white-space:pre;'
             f'display:inline-block;font-family:monospace">{_tok_text(r.token)}</span>')
+
+# %% ../nbs/06a_runs.ipynb #c8c6cfcc
+def _side_head(side: str, real: pd.DataFrame, beta, colour: str) -> str:
+    "The line above a response's tokens: how many were scored, and their sums"
+    sums = {c: float(real[c].sum()) if real[c].notna().any() else float("nan") for c in ("log_ratio", "logp", "ref_logp")}
+    if colour == "ref_logp":
+        nums = f"log π_ref = {_fnum(sums['ref_logp'])} nats · per token {_fnum(sums['ref_logp'] / max(len(real), 1))}"
+    else:
+        tot = sums["log_ratio"]
+        nums = (f"log π = {_fnum(sums['logp'])} · Σ(log π − log π_ref) = {_fnum(tot, '+.3f')} nats"
+                + (f" · reward β·Σ = {_fnum(beta * tot, '+.4f')}" if beta else ""))
+    return f"<b>{side}</b> <span style=\"{_CSS_MUTED}\">{len(real)} tokens scored · {nums}</span>"
+
+def _legend(m: float, colour: str, source: str) -> str:
+    what = (f"log π_ref per token, darker where the reference finds the token less likely, full colour at {-m:.2f} nats or "
+            f"below (p_ref ≤ {math.exp(-m):.2g})" if colour == "ref_logp" else
+            f"log π − log π_ref per token, ±{m:.2f} nats at full colour (blue: the policy made the token more likely than "
+            f"the reference, red: less)")
+    return (f'<div style="{_CSS_MUTED}">colour: {what} · ‖ response starts (response mask 1 from here) · '
+            f'grey: prompt{" · " + html.escape(source) if source else ""}</div>')
 
 # %% ../nbs/06a_runs.ipynb #be1ba84c
 def tokens_html(t: pd.DataFrame,            # token records: side, position, token_id, token, logp, ref_logp, log_ratio (+ attention, scored)
                 beta: float | None = None,  # to show each response's implicit reward
-                scale: float | None = None, # colour scale limit (nats); None: the largest |log-ratio| of the responses
+                scale: float | None = None, # colour scale limit (nats); None: the largest |log-ratio| (or −log π_ref) of the responses
                 key: str = "",              # a label kept in the HTML (data-pair), e.g. "eval:3"
                 source: str = "",           # where the log-probs come from, e.g. "recorded at step 10"
-                truncated: dict | None = None # tokens removed per side by truncation
+                truncated: dict | None = None, # tokens removed per side by truncation
+                colour: str = "log_ratio"   # what colours a token: one of `COLOURINGS`
                ) -> str:
-    "A pair's tokens as HTML: the prompt in grey, each response token coloured by log π − log π_ref"
+    "A pair's tokens as HTML: the prompt in grey, each response token coloured by log π − log π_ref (or by log π_ref alone)"
+    if colour not in COLOURINGS: raise ValueError(f"colour={colour!r}: choose one of {list(COLOURINGS)}")
     truncated = truncated or {}
     t = t.copy()
     if "attention" not in t.columns: t["attention"] = 1
     if "log_ratio" not in t.columns: t["log_ratio"] = t["logp"] - t["ref_logp"]
     resp = t[(t["side"] != "prompt") & (t["attention"] == 1)]
-    lr = resp["log_ratio"].to_numpy(float)
-    m = scale or (float(np.nanmax(np.abs(lr))) if np.isfinite(lr).any() else 1.0) or 1.0
+    v = resp["log_ratio"].abs().to_numpy(float) if colour == "log_ratio" else -resp["ref_logp"].to_numpy(float)
+    m = scale or (float(np.nanmax(v)) if np.isfinite(v).any() else 1.0) or 1.0
     no_ref = len(resp) and resp["ref_logp"].isna().all()
     rows = []
     p = t[t["side"] == "prompt"]
@@ -310,22 +339,16 @@ def tokens_html(t: pd.DataFrame,            # token records: side, position, tok
     for side in ("chosen", "rejected"):
         s = t[t["side"] == side]
         real, pad = s[s["attention"] == 1], int((s["attention"] == 0).sum())
-        tot = float(real["log_ratio"].sum()) if real["log_ratio"].notna().any() else float("nan")
-        lp = float(real["logp"].sum()) if real["logp"].notna().any() else float("nan")
-        head = (f"<b>{side}</b> <span style=\"{_CSS_MUTED}\">{len(real)} tokens scored · log π = {_fnum(lp)} · "
-                f"Σ(log π − log π_ref) = {_fnum(tot, '+.3f')} nats" + (f" · reward β·Σ = {_fnum(beta * tot, '+.4f')}" if beta else "") + "</span>")
         start = int(real["position"].min()) if len(real) else 0
-        spans = "".join(_tok_span(r, m) for r in real.itertuples())
+        spans = "".join(_tok_span(r, m, colour) for r in real.itertuples())
         tail = (f'<span style="{_CSS_MUTED}"> … ✂ {truncated[side]} tokens cut</span>' if truncated.get(side) else "")
         tail += f'<span class="dpo-pad" style="{_CSS_MUTED}"> ⟨pad⟩×{pad} (attention 0)</span>' if pad else ""
-        rows.append(f'<div class="dpo-row" data-side="{side}">{head}<br><span class="dpo-boundary" title="response starts at position {start}" '
-                    f'style="color:#999;font-weight:bold">‖</span>{spans}{tail}</div>')
-    legend = (f'<div style="{_CSS_MUTED}">colour: log π − log π_ref per token, ±{m:.2f} nats at full colour (blue: the policy made '
-              f'the token more likely than the reference, red: less) · ‖ response starts (response mask 1 from here) · '
-              f'grey: prompt{" · " + html.escape(source) if source else ""}</div>')
+        rows.append(f'<div class="dpo-row" data-side="{side}">{_side_head(side, real, beta, colour)}<br><span class="dpo-boundary" '
+                    f'title="response starts at position {start}" style="color:#999;font-weight:bold">‖</span>{spans}{tail}</div>')
+    legend = _legend(m, colour, source)
     if no_ref: legend += (f'<div style="color:#a60">no reference log-probs per token (the run cached only summed reference '
                           f'log-probs): tokens are not coloured; pass ref_model= to compare</div>')
-    return f'<div class="dpo-tokens" data-pair="{html.escape(key)}">' + legend + "".join(rows) + "</div>"
+    return f'<div class="dpo-tokens" data-pair="{html.escape(key)}" data-colour="{colour}">' + legend + "".join(rows) + "</div>"
 
 # %% ../nbs/06a_runs.ipynb #2a631b5c
 def _hover_defn(name: str, width: int = 60) -> str:
