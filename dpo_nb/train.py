@@ -1168,10 +1168,12 @@ def estimate_kl(self: DPOTrainer) -> dict:
         s, n = s.float().cpu().numpy(), n.float().cpu().numpy()
         res["kl/token_exact_se"] = _ratio_se(s, n)
     finally: self.model.train(was)
+    where = "held-out" if self.eval_data is not None else "training"  # (no eval data: the first training pairs)
     with _DeferInterrupt():
-        self.history.log_kl(self.step, "sampled", res["kl/sampled"], len(kl), note=f"at most {cfg.kl_max_new_tokens} new tokens; nats per sample",
+        self.history.log_kl(self.step, "sampled", res["kl/sampled"], len(kl),
+                            note=f"at most {cfg.kl_max_new_tokens} new tokens, on {len(rows)} {where} prompts; nats per sample",
                             se=res["kl/sampled_se"], values=kl)
-        self.history.log_kl(self.step, "token_exact", res["kl/token_exact"], int(n.sum()), note="nats per token, along held-out chosen responses",
+        self.history.log_kl(self.step, "token_exact", res["kl/token_exact"], int(n.sum()), note=f"nats per token, along {where} chosen responses",
                             se=res["kl/token_exact_se"], values=s / np.maximum(n, 1))
         if "gold_reward" in res: self.history.log_eval(self.step, gold_reward=res["gold_reward"])
     return res

@@ -75,8 +75,14 @@ def test_lora_adapters_inspected_on_their_base(toy, tmp_path):
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
     args, sft, ckpts, logged = train_with_trl(toy, tmp_path, peft_config=lora, learning_rate=1e-1)
     assert all((c / "adapter_config.json").exists() for c in ckpts)
-    h = inspect_models(ckpts, sft, toy.train.select(range(48)), eval_data=toy.test.select(range(16)), config=args)
+    from transformers import AutoModelForCausalLM
+    ref = AutoModelForCausalLM.from_pretrained(sft)  # the caller's model: adapters go on it, and come off again
+    ids = torch.tensor([toy.tokenizer("the plot was dull").input_ids])
+    before = ref(ids).logits.detach()
+    h = inspect_models(tmp_path / "trl", ref, toy.train.select(range(48)), eval_data=toy.test.select(range(16)), config=args)
+    assert sorted(h.pairs.step.unique()) == [0, 3, 6]  # the run's output folder: its checkpoint-N folders
     assert h.meta["ref_mode"] == "adapters"  # the reference is the base with its adapters off, not a second copy
+    assert type(ref).__name__ == "LlamaForCausalLM" and torch.equal(ref(ids).logits.detach(), before)
     ev = h.evals.set_index("step")
     for k in KEYS: np.testing.assert_allclose(ev.loc[[3, 6], k], logged[f"eval_{k}"], atol=1e-5, rtol=0, err_msg=k)
     assert abs(logged["eval_rewards/margins"]).min() > 0.05
