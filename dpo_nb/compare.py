@@ -21,9 +21,9 @@ from .runs import Run, _fnum
 from .widgets import loss_name
 
 # %% auto #0
-__all__ = ['UNITS', 'UNIT_LABELS', 'CATEGORIES', 'CURVE_METRICS', 'categorize', 'category_label', 'pair_changes', 'run_label',
-           'Comparison', 'compare', 'runs_html', 'plot_compare_curves', 'plot_compare_pairs', 'plot_compare_frontier',
-           'plot_compare_trajectory', 'RunComparison', 'pair_html']
+__all__ = ['UNITS', 'UNIT_LABELS', 'SINCE', 'CATEGORIES', 'CURVE_METRICS', 'categorize', 'category_label', 'pair_changes',
+           'run_label', 'Comparison', 'compare', 'runs_html', 'plot_compare_curves', 'plot_compare_pairs',
+           'plot_compare_frontier', 'plot_compare_trajectory', 'RunComparison', 'pair_html']
 
 # %% ../nbs/06d_compare.ipynb #89785e14
 UNITS = {
@@ -32,7 +32,11 @@ UNITS = {
     "margin": DEFINITIONS["margin"] + ", r = β·(log π − log π_ref): scales with β, so compare runs of one β this way",
 }
 UNIT_LABELS = {"logratio": "log-ratio margin h", "margin": "margin"}
-CATEGORIES = {  # run A's change of a pair against run B's; "moved": |Δ| > tol between the run's first and latest scoring of it
+SINCE = {  # what a pair's change Δ is measured from
+    "reference": "since the reference, where h and the margin are 0 (policy = reference), to the run's latest scoring of the pair",
+    "first": "between the run's own first and latest scoring of the pair",
+}
+CATEGORIES = {  # run A's change of a pair against run B's; "moved": |Δ| > tol (Δ as in `SINCE`)
     "only A": "run A moved the pair (|Δ| > tol), run B did not",
     "only B": "run B moved the pair (|Δ| > tol), run A did not",
     "both, same way": "both runs moved the pair, in the same direction",
@@ -63,10 +67,12 @@ _CHANGE_FIELDS = ("pair_id", "n_scored", "step_first", "step_latest", "margin_fi
                   "logratio_latest", "delta_margin", "delta_logratio")
 _INT_FIELDS = {"pair_id", "n_scored", "step_first", "step_latest"}
 
-def pair_changes(h: History,  # one run
-                 split: str   # whose pairs
+def pair_changes(h: History,               # one run
+                 split: str,                # whose pairs
+                 since: str = "reference"   # Δ from "reference" (h = margin = 0) or from the run's "first" scoring (see `SINCE`)
                 ) -> pd.DataFrame:
-    "Per pair of `split` scored at two or more steps: first and latest margin and log-ratio margin, and their changes"
+    "Per pair of `split`: first and latest margin and log-ratio margin, and their change since the reference (pairs scored at a step > 0) or since the run's first scoring (pairs scored at two or more steps)"
+    if since not in SINCE: raise ValueError(f"since={since!r}: choose one of {list(SINCE)}")
     if not (h.pairs["split"].to_numpy() == split).any():  # a run that never scored this split: no rows
         return pd.DataFrame({c: pd.Series(dtype="int64" if c in _INT_FIELDS else "float64") for c in _CHANGE_FIELDS})
     mc = h.margin_change(split)
@@ -75,9 +81,14 @@ def pair_changes(h: History,  # one run
                         "step_first": mc["step_first"].to_numpy(), "step_latest": mc["step_latest"].to_numpy(),
                         "margin_first": mc["margin_first"].to_numpy(float), "margin_latest": mc["margin_latest"].to_numpy(float),
                         "logratio_first": _logratio(a), "logratio_latest": _logratio(b)})
-    out["delta_margin"] = out["margin_latest"] - out["margin_first"]
-    out["delta_logratio"] = out["logratio_latest"] - out["logratio_first"]
-    return out[(out["step_latest"] > out["step_first"]).to_numpy()].reset_index(drop=True)
+    if since == "reference":  # at the reference the policy is the reference: h = 0 and margin = 0
+        out["delta_margin"], out["delta_logratio"] = out["margin_latest"] + 0.0, out["logratio_latest"] + 0.0
+        keep = out["step_latest"] > 0
+    else:
+        out["delta_margin"] = out["margin_latest"] - out["margin_first"]
+        out["delta_logratio"] = out["logratio_latest"] - out["logratio_first"]
+        keep = out["step_latest"] > out["step_first"]
+    return out[keep.to_numpy()].reset_index(drop=True)
 
 # %% ../nbs/06d_compare.ipynb #e30a7fb9
 def _as_history(x) -> History:
@@ -118,12 +129,14 @@ class Comparison:
     def __init__(self, histories: dict,           # name -> History
                  split: str = "train",             # the split whose pairs are joined by default
                  units: str = "logratio",          # a pair's change in "logratio" (h = margin / β) or "margin" (see UNITS)
-                 tol: float = 1.0):                # |Δ| above this (nats, in `units`) counts as moved
+                 tol: float = 1.0,                 # |Δ| above this (nats, in `units`) counts as moved
+                 since: str = "reference"):        # Δ since the "reference" or since each run's "first" scoring (see `SINCE`)
         if not histories: raise ValueError("compare: no runs given")
         if units not in UNITS: raise ValueError(f"units={units!r}: choose one of {list(UNITS)}")
         self.histories, self.names = dict(histories), list(histories)
-        self.split, self.units, self.tol = split, units, float(tol)
-        self._cache, self.mismatched = {}, {}
+        if since not in SINCE: raise ValueError(f"since={since!r}: choose one of {list(SINCE)}")
+        self.split, self.units, self.tol, self.since = split, units, float(tol), since
+        self._cache, self.mismatched, self.unchecked, self._bad = {}, {}, {}, {}
 
     def _cached(self, key, build):
         if key not in self._cache: self._cache[key] = build()
@@ -140,20 +153,21 @@ class Comparison:
         return sorted(common, key=lambda s: ({"eval": 0, "train": 1, "probe": 2}.get(s, 9), s))
 
     def __repr__(self):
-        return f"Comparison({len(self.names)} runs: {self.names}, split={self.split!r}, units={self.units!r}, tol={self.tol:g})"
+        return f"Comparison({len(self.names)} runs: {self.names}, split={self.split!r}, units={self.units!r}, tol={self.tol:g}, since={self.since!r})"
 
 def compare(histories,                 # a list or dict (name -> run): Histories, saved History folders, `Run`s or trainers
             names=None,                # the runs' names, in order (None: the dict's keys, else `run_label`)
             split: str = "train",      # whose pairs to join by default ("train", "eval", "probe")
             units: str = "logratio",   # a pair's change measured in "logratio" (margin / β) or "margin"
-            tol: float = 1.0           # |Δ| above this (nats, in `units`) counts as moved
+            tol: float = 1.0,          # |Δ| above this (nats, in `units`) counts as moved
+            since: str = "reference"   # Δ since the "reference" (h = margin = 0) or since each run's "first" scoring
            ) -> Comparison:
     "Collect runs into a `Comparison`"
-    return Comparison(_named(histories, names), split, units, tol)
+    return Comparison(_named(histories, names), split, units, tol, since)
 
 # %% ../nbs/06d_compare.ipynb #ebe5e769
 _RUN_KEYS = ("train/loss", "train/rewards/accuracies", "train/rewards/margins", "eval/loss", "eval/rewards/accuracies",
-             "eval/rewards/margins", "eval/gold_reward", "pairs/{s}/reward_accuracy_latest", "pairs/{s}/margin_change_mean",
+             "eval/rewards/margins", "eval/gold_reward", "pairs/{s}/reward_accuracy_latest", "pairs/{s}/change_mean_{u}",
              "pairs/{s}/displaced_share", "kl/sampled", "kl/sampled/se", "kl/token_exact", "kl/token_exact/se")
 _KL_UNITS = {"sampled": "nats per sequence", "token_exact": "nats per token"}
 
@@ -167,7 +181,8 @@ def _key_definition(k: str) -> str:
          "rewards/margins": DEFINITIONS["margin"] + ", mean", "gold_reward": "ground-truth reward of policy samples (reward_fn)"}
     if k.startswith("pairs/"):
         what = {"reward_accuracy_latest": DEFINITIONS["reward accuracy"] + " at each pair's latest scoring",
-                "margin_change_mean": "mean change of the margin, first to latest scoring",
+                "change_mean_logratio": f"mean Δ of the {UNIT_LABELS['logratio']} over the run's pairs with a change (`pair_changes`)",
+                "change_mean_margin": f"mean Δ of the margin over the run's pairs with a change (`pair_changes`; scales with β)",
                 "displaced_share": DEFINITIONS["likelihood displacement"] + ": share of the pairs scored twice"}
         return what.get(k.rsplit("/", 1)[1], k)
     return ("last logged training step: " if k.startswith("train/") else "last evaluation: ") + d.get(last, last)
@@ -176,24 +191,27 @@ def _key_definition(k: str) -> str:
 def runs(self: Comparison) -> pd.DataFrame:
     "One row per run: loss type, β, final means, the split's per-pair numbers, KL by method"
     def build():
-        keys = [k.format(s=self.split) for k in _RUN_KEYS]
+        keys = [k.format(s=self.split, u=self.units) for k in _RUN_KEYS]
+        mean_key = f"pairs/{self.split}/change_mean_{self.units}"
         rows = []
         for name, h in self.histories.items():
             s, cfg = h.summary(), h.meta.get("config") or {}
             row = {"run": name, "loss_type": loss_name(h.meta["loss_type"]) if h.meta.get("loss_type") else None,
                    "beta": h.meta.get("beta"), "label_smoothing": cfg.get("label_smoothing"), "steps": s.get("last_step")}
+            d = pair_changes(h, self.split, self.since)[f"delta_{self.units}"].to_numpy(float)
+            s = {**s, mean_key: float(np.nanmean(d)) if np.isfinite(d).any() else None}  # (Δ as `since`, in the comparison's units)
             rows.append({**row, **{k: s.get(k) for k in keys}})
         df = pd.DataFrame(rows).set_index("run")
         df = df[[c for c in df.columns if df[c].notna().any() or c in ("loss_type", "beta")]]
         if "label_smoothing" in df.columns and not df["label_smoothing"].fillna(0).astype(bool).any(): df = df.drop(columns="label_smoothing")
-        df.attrs["definitions"] = {k: _key_definition(k) for k in df.columns if "/" in k}
+        df.attrs["definitions"] = {k: _key_definition(k) + (f", Δ {SINCE[self.since]}" if k == mean_key else "") for k in df.columns if "/" in k}
         return df
     return self._cached(("runs",), build)
 
 # %% ../nbs/06d_compare.ipynb #b4cf5c15
 _HEADERS = {"loss_type": "loss type", "beta": "β", "label_smoothing": "ε", "steps": "steps"}
 
-_PAIR_HEADERS = {"reward_accuracy_latest": "reward accuracy now", "margin_change_mean": "mean Δ margin", "displaced_share": "displaced"}
+_PAIR_HEADERS = {"reward_accuracy_latest": "reward accuracy now", "change_mean_logratio": "mean Δ h", "change_mean_margin": "mean Δ margin", "displaced_share": "displaced"}
 
 def _header(k: str) -> str:
     "A column's label: 'train reward accuracy', 'eval pairs: displaced', 'KL, sampled (nats per sequence)'"
@@ -225,56 +243,69 @@ def runs_html(c: Comparison) -> str:
 # %% ../nbs/06d_compare.ipynb #26055583
 _FIELDS = ("n_scored", "step_first", "step_latest", "margin_first", "margin_latest", "delta_margin",
            "logratio_first", "logratio_latest", "delta_logratio")
+_TEXT_COLS = ["prompt", "chosen", "rejected"]
 
 @patch
 def changes(self: Comparison, split: str | None = None) -> pd.DataFrame:
-    "Every run's `pair_changes` of `split` in one long table (a `run` column first)"
+    "Every run's `pair_changes` of `split` (Δ as the comparison's `since`) in one long table (a `run` column first)"
     split = split or self.split
     return self._cached(("long", split), lambda: pd.concat(
-        [pair_changes(h, split).assign(run=n) for n, h in self.histories.items()], ignore_index=True)[["run", "pair_id", *_FIELDS]])
+        [pair_changes(h, split, self.since).assign(run=n) for n, h in self.histories.items()], ignore_index=True)[["run", "pair_id", *_FIELDS]])
 
 @patch
 def pair_table(self: Comparison, split: str | None = None) -> pd.DataFrame:
-    "One row per pair every run scored at two or more steps (index pair_id); columns (run, field)"
+    "One row per pair with a change in every run and the same texts wherever recorded (index pair_id); columns (run, field)"
     split = split or self.split
     def build():
-        parts = {n: pair_changes(h, split).set_index("pair_id")[list(_FIELDS)] for n, h in self.histories.items()}
+        parts = {n: pair_changes(h, split, self.since).set_index("pair_id")[list(_FIELDS)] for n, h in self.histories.items()}
         df = pd.concat(parts, axis=1, join="inner").sort_index()
         df.columns.names = ["run", "field"]
-        self._check_same_pairs(split, df.index.to_numpy())
-        return df
+        bad = self._check_same_pairs(split, df.index.to_numpy())
+        return df.drop(index=sorted(bad))
     return self._cached(("wide", split), build)
 
 @patch
-def _check_same_pairs(self: Comparison, split: str, ids):
-    "Warn where a joined pair_id has different prompts in two runs (the runs did not train on the same pairs)"
-    ref, bad = None, {}
+def _check_same_pairs(self: Comparison, split: str, ids) -> set:
+    "The pair_ids among `ids` whose (prompt, chosen, rejected) differ between runs; warns, and records per run the mismatches and the runs without texts"
+    ref, owner, bad, unchecked = None, {}, {}, []
     for n, h in self.histories.items():
         t = h.texts
-        t = t[(t["split"].to_numpy() == split) & np.isin(t["pair_id"].to_numpy(), ids)].set_index("pair_id")["prompt"]
-        if not len(t): continue
-        if ref is None: ref = (n, t); continue
-        common = ref[1].index.intersection(t.index)
-        diff = common[(ref[1].loc[common] != t.loc[common]).to_numpy()]
+        t = t[(t["split"].to_numpy() == split) & np.isin(t["pair_id"].to_numpy(), ids)]
+        t = t.drop_duplicates("pair_id", keep="last").set_index("pair_id")[_TEXT_COLS].astype(str)
+        if not len(t):
+            unchecked.append(n); continue
+        if ref is None: ref = t; owner.update({int(i): n for i in t.index}); continue
+        common = ref.index.intersection(t.index)
+        diff = common[(ref.loc[common] != t.loc[common]).any(axis=1).to_numpy()]
         if len(diff): bad[n] = diff
+        new = t.index.difference(ref.index)  # (a pair first recorded here is checked against this run from now on)
+        ref = pd.concat([ref, t.loc[new]]); owner.update({int(i): n for i in new})
     self.mismatched[split] = {n: len(d) for n, d in bad.items()}
+    self.unchecked[split] = unchecked if len(ids) else []
+    self._bad[split] = set(int(i) for d in bad.values() for i in d)
     for n, d in bad.items():
-        warnings.warn(f"compare: {len(d)} {split} pair(s) joined on pair_id have different prompts in {ref[0]!r} and {n!r} "
-                      f"(e.g. pair {int(d[0])}): were the runs trained on the same pairs?")
+        warnings.warn(f"compare: {len(d)} {split} pair(s) joined on pair_id have different texts (prompt, chosen or rejected) in "
+                      f"{owner[int(d[0])]!r} and {n!r} (e.g. pair {int(d[0])}): left out of the comparison; were the runs trained on "
+                      f"the same pairs?")
+    return self._bad[split]
 
 # %% ../nbs/06d_compare.ipynb #0fa8dbe5
 @patch
 def coverage(self: Comparison, split: str | None = None) -> pd.DataFrame:
-    "Per run: pairs of `split` scored, scored at two or more steps, compared (in every run's), left out"
+    "Per run: pairs of `split` scored, with a change (as `since`), compared (in every run's), left out, of them for differing texts"
     split = split or self.split
     joined = set(self.pair_table(split).index)
+    bad = self._bad.get(split, set())
     rows = []
     for n, h in self.histories.items():
         p = h.pairs
         scored = set(p["pair_id"].to_numpy()[p["split"].to_numpy() == split].tolist())
-        twice = set(pair_changes(h, split)["pair_id"].tolist())
-        rows.append(dict(run=n, scored=len(scored), rescored=len(twice), compared=len(joined), left_out=len(scored - joined)))
+        measured = set(pair_changes(h, split, self.since)["pair_id"].tolist())
+        rows.append(dict(run=n, scored=len(scored), measured=len(measured), compared=len(joined), left_out=len(scored - joined),
+                         mismatched=len(scored & bad)))
     return pd.DataFrame(rows).set_index("run")
+
+_COUNTED = {"reference": "scored after step 0", "first": "scored at two or more steps"}
 
 @patch
 def coverage_note(self: Comparison, split: str | None = None) -> str:
@@ -282,10 +313,15 @@ def coverage_note(self: Comparison, split: str | None = None) -> str:
     split = split or self.split
     cov = self.coverage(split)
     n = int(cov["compared"].iloc[0]) if len(cov) else 0
-    out = [f"{n} {split} pairs were scored at two or more steps in every run and are compared"]
-    lo = {r: int(v) for r, v in cov["left_out"].items() if v}
-    if lo: out.append("left out, as not scored at two steps in every run: " + ", ".join(f"{v} of {r}'s" for r, v in lo.items()))
-    if any(self.mismatched.get(split, {}).values()): out.append("⚠ some pair_ids have different prompts in different runs")
+    out = [f"{n} {split} pairs were {_COUNTED[self.since]} in every run and are compared"
+           + (" (Δ since the reference)" if self.since == "reference" else " (Δ since each run's first scoring)")]
+    lo = {r: int(v - m) for r, v, m in zip(cov.index, cov["left_out"], cov["mismatched"]) if v - m}
+    if lo: out.append(f"left out, as not {_COUNTED[self.since]} in every run: " + ", ".join(f"{v} of {r}'s" for r, v in lo.items()))
+    bad = self._bad.get(split, set())
+    if bad:
+        out.append(f"⚠ {len(bad)} pair_ids left out as their texts (prompt, chosen, rejected) differ between runs ("
+                   + ", ".join(f"{r}: {v}" for r, v in self.mismatched.get(split, {}).items()) + ")")
+    if self.unchecked.get(split): out.append("not checked for the same texts (none recorded): " + ", ".join(self.unchecked[split]))
     if not n and not cov["scored"].any():
         out.append(f"no run scored {split!r} pairs; splits every run has: {self.splits() or 'none'}")
     return "; ".join(out) + "."
@@ -309,7 +345,7 @@ def versus(self: Comparison, a: str, b: str,
     d = d[np.isfinite(d["delta_a"]) & np.isfinite(d["delta_b"])].reset_index(drop=True)
     d["moved_a"], d["moved_b"] = d["delta_a"].abs() > tol, d["delta_b"].abs() > tol
     d["category"] = categorize(d["delta_a"], d["delta_b"], tol)
-    d.attrs.update(a=a, b=b, split=split, units=units, tol=tol, dropped=len(p) - len(d))
+    d.attrs.update(a=a, b=b, split=split, units=units, tol=tol, since=self.since, dropped=len(p) - len(d))
     return d
 
 @patch
@@ -409,6 +445,8 @@ def _quadrants(da, db, a, b) -> dict:
             f"{a} ↓ {b} ↑": int(((da <= 0) & (db > 0)).sum()), f"{a} ↓ {b} ↓": int(((da <= 0) & (db <= 0)).sum())}
 
 # %% ../nbs/06d_compare.ipynb #da3f81ee
+_SINCE_SHORT = {"reference": "since the reference", "first": "from each run's first scoring"}
+
 def plot_compare_pairs(c: Comparison, a: str, b: str,
                        split: str | None = None,  # whose pairs (None: the comparison's)
                        units: str | None = None,  # "logratio" or "margin" (None: the comparison's)
@@ -435,9 +473,9 @@ def plot_compare_pairs(c: Comparison, a: str, b: str,
                                  marker=dict(color=_CAT_COLOURS[k], size=7, opacity=0.8),
                                  hovertemplate=(f"pair %{{customdata[0]}}<br><b>prompt</b>: %{{customdata[1]}}<br><b>chosen</b>: "
                                                 f"%{{customdata[2]}}<br><b>rejected</b>: %{{customdata[3]}}<br>Δ in {html.escape(a)} "
-                                                f"(steps %{{customdata[4]}}) = %{{x:+.3f}} nats<br>Δ in {html.escape(b)} (steps "
+                                                f"(scored at steps %{{customdata[4]}}) = %{{x:+.3f}} nats<br>Δ in {html.escape(b)} (scored at steps "
                                                 f"%{{customdata[5]}}) = %{{y:+.3f}} nats<br><b>%{{customdata[6]}}</b><br><i>"
-                                                f"{_wrap(html.escape(UNITS[units]))}</i><extra></extra>")))
+                                                f"{_wrap(html.escape(UNITS[units] + '; Δ ' + SINCE[c.since]))}</i><extra></extra>")))
     for s in (-tol, tol):
         fig.add_vline(x=s, line=dict(color="#ccc", dash="dot", width=1)); fig.add_hline(y=s, line=dict(color="#ccc", dash="dot", width=1))
     fig.add_hline(y=0, line=dict(color="#bbb", width=1)); fig.add_vline(x=0, line=dict(color="#bbb", width=1))
@@ -447,7 +485,7 @@ def plot_compare_pairs(c: Comparison, a: str, b: str,
         fig.add_annotation(text=f"<b>{html.escape(q)}: {n}</b>", x=x, y=y, xref="paper", yref="paper", xanchor=xa, yanchor=ya,
                            showarrow=False, font=dict(size=11), bgcolor="rgba(255,255,255,0.7)")
     counts = {k: int((v["category"] == k).sum()) for k in CATEGORIES}
-    fig.update_layout(title=title + f"<br><sup>moved: |Δ| > {tol:g} nat{'' if tol == 1 else 's'} (dotted band) between the run's first and latest scoring</sup>",
+    fig.update_layout(title=title + f"<br><sup>moved: |Δ| > {tol:g} nat{'' if tol == 1 else 's'} (dotted band); Δ {_SINCE_SHORT[c.since]}</sup>",
                       height=560, xaxis=dict(title=f"Δ {ul} in {a} (nats)", range=[-m, m], zeroline=False),
                       yaxis=dict(title=f"Δ {ul} in {b} (nats)", range=[-m, m], zeroline=False), margin=dict(t=100),
                       legend=dict(orientation="h", y=-0.16), meta=dict(a=a, b=b, split=split, units=units, tol=tol,
@@ -616,7 +654,7 @@ def _counts_html(self: RunComparison) -> str:
                    f'<td>{html.escape(CATEGORIES[k].replace("run A", s["a"]).replace("run B", s["b"]))}</td></tr>' for k in CATEGORIES)
     return (f'<div class="dpo-compare-counts" data-n="{len(v)}"><table style="font-size:0.9em"><tr><th>pairs</th><th></th>'
             f'<th>meaning</th></tr>{rows}</table><div style="{_CSS_MUTED}">{note} Δ: change of the {html.escape(UNITS[s["units"]])}, '
-            f'between the run\'s first and latest scoring of the pair; moved: |Δ| > {s["tol"]:g} nat{"" if s["tol"] == 1 else "s"}.</div></div>')
+            f'{html.escape(SINCE[self.cmp.since])}; moved: |Δ| > {s["tol"]:g} nat{"" if s["tol"] == 1 else "s"}.</div></div>')
 
 # %% ../nbs/06d_compare.ipynb #d054c99d
 @patch
@@ -669,7 +707,7 @@ def pair_html(c: Comparison, pair_id: int, a: str, b: str, split: str | None = N
                f'<div style="color:#a60">pair {pair_id} is not compared: {html.escape(c.coverage_note(split))}</div>')
     return (f'<div class="dpo-compare-pair" data-pair="{split}:{pair_id}"><b>pair {pair_id}</b> · {split}{text}'
             f'<table style="font-size:0.9em"><tr><th>run</th><th>steps</th><th>margin</th><th>Δ margin</th><th>Δ h (margin / β)</th></tr>'
-            f"{rows}</table>{verdict}</div>")
+            f'{rows}</table><div style="{_CSS_MUTED}">Δ: {html.escape(SINCE[c.since])}</div>{verdict}</div>')
 
 # %% ../nbs/06d_compare.ipynb #c8f7eef6
 @patch

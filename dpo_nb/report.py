@@ -16,7 +16,7 @@ from .data import DataReport
 from .history import History, DEFINITIONS, KL_METHODS, _json_safe
 from .plots import (plot_training_curves, plot_reward_distributions, plot_kl, plot_margin_change,
                           plot_displacement, plot_token_heatmap, plot_frontier, plot_audit)
-from .compare import (UNITS, UNIT_LABELS, CATEGORIES, category_label, runs_html, plot_compare_curves, plot_compare_pairs,
+from .compare import (UNITS, UNIT_LABELS, CATEGORIES, SINCE, category_label, runs_html, plot_compare_curves, plot_compare_pairs,
                             plot_compare_frontier)
 
 # %% auto #0
@@ -231,8 +231,8 @@ def comparison_figures(c,              # a `Comparison` (06d_compare)
     figs = [("Curves, overlaid", "Each run's per-step batch means (solid) and evaluation means (dashed), one colour per run, under "
              "TRL's metric names. Rewards and margins carry β: across a β sweep compare them with that in mind.", plot_compare_curves(c))]
     for a, b in _versus(c, versus):
-        figs.append((f"{a} against {b}, pair by pair", f"One dot per pair every run scored at two or more steps: the change of its "
-                     f"{ul} in {a} (across) and in {b} (up), each between that run's first and latest scoring. Inside the dotted band "
+        figs.append((f"{a} against {b}, pair by pair", f"One dot per pair compared in every run: the change of its "
+                     f"{ul} in {a} (across) and in {b} (up), each {SINCE[c.since]}. Inside the dotted band "
                      f"(±{c.tol:g} nats) a run did not move the pair.", plot_compare_pairs(c, a, b)))
     figs.append(("Reward vs KL across runs", "Each run's evaluation reward against its KL from the reference at the same step, all "
                  "runs measured by one KL method (named on the axis).", plot_compare_frontier(c)))
@@ -267,7 +267,7 @@ def comparison_section_html(c,                       # a `Comparison` (06d_compa
         div = fig.to_html(full_html=False, include_plotlyjs=bool(include_plotlyjs) and i == 0, config={"displaylogo": False, "responsive": True})
         parts.append(f"<h3>{html.escape(heading)}</h3><p class=\"cap\">{html.escape(caption)}</p>{div}")
         if heading.endswith("pair by pair"): parts.append(_moved_html(c, *next(pairs), top))
-    defs = [(f"Δ ({UNIT_LABELS[c.units]})", UNITS[c.units] + "; its change between a run's first and latest scoring of the pair"),
+    defs = [(f"Δ ({UNIT_LABELS[c.units]})", UNITS[c.units] + "; its change " + SINCE[c.since]),
             ("moved", f"|Δ| > {c.tol:g} nats")] + [(category_label(k, "A", "B"), v) for k, v in CATEGORIES.items()]
     parts.append("<h3>Definitions</h3><dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in defs) + "</dl>")
     return '<div class="dpo-comparison">' + "".join(parts) + "</div>"

@@ -35,8 +35,8 @@ def planted(beta, moves, n=8, steps=(0, 10), split="train", ids=None):
 
 # --- the join ----------------------------------------------------------------------------------------------------------
 
-def _plain_join(hs: dict, split: str) -> pd.DataFrame:
-    "The same join written out in plain pandas, from each History's tables"
+def _plain_join(hs: dict, split: str, since: str) -> pd.DataFrame:
+    "The same join written out in plain pandas, from each History's tables (Δ since the reference: the latest value)"
     parts = []
     for name, h in hs.items():
         p = h.pairs[h.pairs.split == split].sort_values(["pair_id", "step"], kind="stable")
@@ -44,16 +44,20 @@ def _plain_join(hs: dict, split: str) -> pd.DataFrame:
         lr = lambda d: (d.chosen_logps - d.ref_chosen_logps) - (d.rejected_logps - d.ref_rejected_logps)
         d = pd.DataFrame({"step_first": first.step, "step_latest": last.step, "margin_first": first.margin, "margin_latest": last.margin,
                           "delta_margin": last.margin - first.margin, "delta_logratio": lr(last) - lr(first)})
-        parts.append(d[d.step_latest > d.step_first].add_suffix(f"|{name}"))
+        if since == "reference":
+            d["delta_margin"], d["delta_logratio"] = last.margin, lr(last)
+            parts.append(d[d.step_latest > 0].add_suffix(f"|{name}"))
+        else: parts.append(d[d.step_latest > d.step_first].add_suffix(f"|{name}"))
     out = parts[0]
     for d in parts[1:]: out = out.merge(d, left_index=True, right_index=True, how="inner")
     return out.sort_index()
 
 
+@pytest.mark.parametrize("since", ["reference", "first"])
 @pytest.mark.parametrize("split", ["train", "eval"])
-def test_pair_join_equals_plain_pandas(sweep, split):
-    c = compare(sweep, split=split)
-    got, want = c.pair_table(), _plain_join(sweep, split)
+def test_pair_join_equals_plain_pandas(sweep, split, since):
+    c = compare(sweep, split=split, since=since)
+    got, want = c.pair_table(), _plain_join(sweep, split, since)
     assert list(got.index) == list(want.index) and len(got) > 0
     for name in sweep:
         for f in ("step_first", "step_latest", "margin_first", "margin_latest", "delta_margin", "delta_logratio"):
@@ -62,16 +66,45 @@ def test_pair_join_equals_plain_pandas(sweep, split):
     for name, h in sweep.items():
         scored = set(h.pairs.pair_id[h.pairs.split == split])
         assert cov.loc[name, "left_out"] == len(scored - set(want.index))
-        assert cov.loc[name, "rescored"] == len(pair_changes(h, split))
+        assert cov.loc[name, "measured"] == len(pair_changes(h, split, since)) and cov.loc[name, "mismatched"] == 0
 
 
 def test_join_leaves_out_pairs_not_rescored_everywhere_and_says_so(sweep):
-    c = compare(sweep)                                     # train: each run re-scored a different subset
+    c = compare(sweep, since="first")                      # train: each run re-scored a different subset
     n, cov = len(c.pair_table()), c.coverage()
     assert 0 < n < 80 and (cov["left_out"] > 0).all()
     note = c.coverage_note()
     assert note.startswith(f"{n} train pairs were scored at two or more steps in every run") and "left out" in note
     for name in sweep: assert f"{cov.loc[name, 'left_out']} of {name}'s" in note
+    r = compare(sweep)                                     # since the reference a pair scored once counts too
+    assert len(r.pair_table()) > n and r.coverage_note().startswith(f"{len(r.pair_table())} train pairs were scored after step 0")
+
+
+def test_since_reference_is_the_same_with_or_without_a_step_0_scoring():
+    # a trained run scores its training pairs first when their batch comes (steps 1..4, after updates); the same numbers
+    # with a step-0 scoring (policy = reference, as an inspected run has) must give the same categories
+    rng = np.random.default_rng(0)
+    n, ids = 16, np.arange(16)
+    rc, rr = -20.0 - ids, np.full(n, -25.0)
+    first_step, moves = 1 + ids % 4, rng.normal(0, 2, (2, n))           # pair i: first at step 1..4, then at step 10
+    def run(with_step_0):
+        h = History(beta=0.1, loss_type="sigmoid")
+        if with_step_0: h.log_pairs(0, "train", ids, chosen_logps=rc, rejected_logps=rr, ref_chosen_logps=rc, ref_rejected_logps=rr)
+        for s in range(1, 5):
+            k = first_step == s
+            h.log_pairs(s, "train", ids[k], chosen_logps=(rc + moves[0])[k], rejected_logps=rr[k], ref_chosen_logps=rc[k], ref_rejected_logps=rr[k])
+        h.log_pairs(10, "train", ids, chosen_logps=rc + moves[0] + moves[1], rejected_logps=rr, ref_chosen_logps=rc, ref_rejected_logps=rr)
+        return h
+    other = planted(0.5, {i: (-1) ** i * 2.0 for i in range(0, 16, 3)}, n=16)
+    trained, inspected = run(False), run(True)
+    a = compare({"run": trained, "other": other}).versus("run", "other")
+    b = compare({"run": inspected, "other": other}).versus("run", "other")
+    assert list(a.category) == list(b.category) and len(a) == n
+    np.testing.assert_allclose(a.delta_a, b.delta_a); np.testing.assert_allclose(a.delta_a, moves[0] + moves[1])
+    fa = compare({"run": trained, "other": other}, since="first").versus("run", "other")
+    fb = compare({"run": inspected, "other": other}, since="first").versus("run", "other")
+    assert list(fa.category) != list(fb.category)                       # what since="first" gets wrong
+    assert compare({"a": trained, "b": inspected}).moved_counts("a", "b")["only A"] == 0
 
 
 def test_inputs_saved_folders_runs_and_names(sweep, tmp_path):
@@ -86,14 +119,34 @@ def test_inputs_saved_folders_runs_and_names(sweep, tmp_path):
     with pytest.raises(ValueError, match="no runs"): compare({})
 
 
-def test_different_pairs_under_one_pair_id_warn():
+def test_different_pairs_under_one_pair_id_warn_and_are_left_out():
     a, b = planted(0.1, {0: 3}), planted(0.1, {0: 3})
     a.add_texts([dict(pair_id=i, prompt=f"q{i}", chosen="c", rejected="r") for i in range(8)], split="train")
     b.add_texts([dict(pair_id=i, prompt=f"q{i}" if i < 5 else "other", chosen="c", rejected="r") for i in range(8)], split="train")
     c = compare({"a": a, "b": b})
-    with pytest.warns(UserWarning, match=r"3 train pair\(s\) joined on pair_id have different prompts in 'a' and 'b' \(e.g. pair 5\)"):
+    with pytest.warns(UserWarning, match=r"3 train pair\(s\) joined on pair_id have different texts .* in 'a' and 'b' \(e.g. pair 5\)"):
         c.pair_table()
-    assert c.mismatched["train"] == {"b": 3} and "different prompts" in c.coverage_note()
+    assert c.mismatched["train"] == {"b": 3} and list(c.pair_table().index) == [0, 1, 2, 3, 4]
+    assert c.coverage()["mismatched"].tolist() == [3, 3] and c.coverage()["left_out"].tolist() == [3, 3]
+    assert "3 pair_ids left out as their texts (prompt, chosen, rejected) differ between runs (b: 3)" in c.coverage_note()
+    assert "left out, as not" not in c.coverage_note() and len(c.versus("a", "b")) == 5
+
+
+def test_swapped_and_flipped_pairs_with_the_same_prompt_are_caught():
+    texts = lambda: [dict(pair_id=i, prompt=f"q{i}", chosen=f"good {i}", rejected=f"bad {i}") for i in range(8)]
+    a, b, c0 = planted(0.1, {0: 3}), planted(0.1, {0: 3}), planted(0.1, {})
+    a.add_texts(texts(), split="train")
+    t = texts()
+    t[0]["chosen"], t[1]["chosen"] = t[1]["chosen"], t[0]["chosen"]            # pairs 0 and 1 swapped their chosen responses
+    t[2]["chosen"], t[2]["rejected"] = t[2]["rejected"], t[2]["chosen"]        # pair 2's label flipped
+    b.add_texts(t, split="train")
+    c = compare({"a": a, "b": b, "no texts": c0})
+    with pytest.warns(UserWarning, match="different texts"): v = c.versus("a", "b")
+    assert sorted(c._bad["train"]) == [0, 1, 2] and list(v.pair_id) == [3, 4, 5, 6, 7]
+    assert sum(c.moved_counts("a", "b").values()) == 5
+    note = c.coverage_note()
+    assert "3 pair_ids left out" in note and "not checked for the same texts (none recorded): no texts" in note
+    assert c.coverage().loc["no texts", "mismatched"] == 3
 
 
 # --- moved and not moved ------------------------------------------------------------------------------------------------
@@ -129,8 +182,9 @@ def test_pairs_scored_once_or_without_a_reference_are_not_compared():
     b.log_pairs(0, "train", [6], chosen_logps=[-1.0], rejected_logps=[-2.0])          # no reference: no margin, no h
     b.log_pairs(10, "train", [6], chosen_logps=[-0.5], rejected_logps=[-2.0])
     c = compare({"a": a, "b": b})
-    assert list(c.pair_table().index) == list(range(6))                              # 9: scored once; 6: only in b
+    assert list(c.pair_table().index) == list(range(6))                              # 9: only in a; 6: only in b
     assert c.coverage().loc["a", "left_out"] == 1 and c.coverage().loc["b", "left_out"] == 1
+    assert 9 in set(pair_changes(a, "train").pair_id) and 9 not in set(pair_changes(a, "train", "first").pair_id)
     nan_b = compare({"b": b, "b again": b})
     assert 6 in nan_b.pair_table().index and 6 not in set(nan_b.versus("b", "b again").pair_id)
     assert nan_b.versus("b", "b again").attrs["dropped"] == 1
@@ -261,7 +315,7 @@ def test_comparison_report_written_with_every_run(sweep, tmp_path):
     names = list(sweep)
     for b in names[1:]: assert f"{names[0]} against {b}, pair by pair" in text
     assert text.count('class="plotly-graph-div"') == 4 and 'src="http' not in text
-    assert "16 eval pairs were scored at two or more steps in every run" in text
+    assert "16 eval pairs were scored after step 0 in every run" in text and "since the reference" in text
     long = pd.read_parquet(tmp_path / "cmp" / "comparison_pairs.parquet")
     assert set(long.run) == set(names) and len(long) == 3 * 16
     assert list(pd.read_csv(tmp_path / "cmp" / "comparison_runs.csv").run) == names
