@@ -1,6 +1,8 @@
 "Shared pytest setup."
 import os, tempfile
 
+import pytest
+
 # Every test run gets its own reference log-prob cache (DPOConfig.ref_cache), so runs never read each other's files
 # and nothing is written to the user's ~/.cache. Set before any test builds a trainer; notebooks run in-process inherit it.
 os.environ["DPO_NB_CACHE"] = tempfile.mkdtemp(prefix="dpo_nb_test_cache-")
@@ -25,3 +27,20 @@ def word_tokenizer(words: list[str]):
     wl.pre_tokenizer = pre_tokenizers.Whitespace()
     wl.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", words.index("<bos>"))])
     return PreTrainedTokenizerFast(tokenizer_object=wl, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    "The toy model runs fastest on one thread, and two threads crawl when other processes compete for the cores"
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    "The bundled toy task (07_toy)"
+    from dpo_nb.toy import load_toy
+    return load_toy()

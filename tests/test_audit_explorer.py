@@ -22,18 +22,7 @@ N = 48
 REPEAT, SWAPPED, NEAR, MERGED = N - 4, N - 3, N - 2, N - 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "A tiny model: one thread is fastest (and fair to the other tests on a shared machine)"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_toy()
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest: the toy model on one thread; `toy` is there too)
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,7 @@ from dpo_nb.toy import (REWARD_EXAMPLES, TOY_DIR, Toy, load_toy, mean_reward, pa
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "This tiny model runs fastest on one thread, and two threads crawl when other processes compete for the cores."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_toy()
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest: the toy model on one thread; `toy` is there too)
 
 
 @pytest.fixture(scope="module")
