@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser_widgets import CHROMIUM, CHROMIUM_ARGS, Lab, _wait_ready
+from test_browser_widgets import CHROMIUM, CHROMIUM_ARGS, Lab, _wait_ready, progress_js, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "audit_explorer_browser.ipynb"
@@ -25,27 +25,12 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
 _SCATTER = """(root) => [...root.querySelectorAll('.js-plotly-plot')].find(p => p.layout && p.layout.title &&
                                                                  String(p.layout.title.text || '').startsWith('CHES'))"""
 
-_PROGRESS_JS = r"""() => {
-  const w = window.jupyterapp.shell.currentWidget;
-  const counts = w.content.widgets.filter(c => c.model.type === 'code').map(c => c.model.executionCount);
-  const err = [];
-  for (const c of w.content.widgets) {
-    if (c.model.type !== 'code') continue;
-    const outs = c.model.outputs;
-    for (let i = 0; i < outs.length; i++) {
-      const o = outs.get(i);
-      if (o.type === 'error') { const j = o.toJSON(); err.push(j.ename + ': ' + j.evalue + '\n' + (j.traceback || []).join('\n')); }
-    }
-  }
-  const k = w.sessionContext.session && w.sessionContext.session.kernel;
-  const root = document.querySelector('.dpo-audit-explorer');
-  const sc = root && (""" + _SCATTER + r""")(root);
-  return {counts, err, status: k ? k.status : 'none',
-          ready: !!(root && root.querySelector('.dpo-audit-pair[data-pair]') && root.querySelector('.dpo-tokens .dpo-tok[data-ref-logp]')
-                    && sc && sc.data && sc.data.length >= 2 && root.querySelectorAll('.dpo-audit-list option').length >= 3
-                    && [...root.querySelectorAll('.js-plotly-plot')].some(p => p !== sc && p.data && p.data.length >= 3
-                                                                           && String(p.layout.title.text || '').startsWith('Length bias')))};
-}"""
+_PROGRESS_JS = progress_js("""(() => { const root = document.querySelector('.dpo-audit-explorer');
+  const sc = root && (""" + _SCATTER + """)(root);
+  return root && root.querySelector('.dpo-audit-pair[data-pair]') && root.querySelector('.dpo-tokens .dpo-tok[data-ref-logp]')
+         && sc && sc.data && sc.data.length >= 2 && root.querySelectorAll('.dpo-audit-list option').length >= 3
+         && [...root.querySelectorAll('.js-plotly-plot')].some(p => p !== sc && p.data && p.data.length >= 3
+                                                                && String(p.layout.title.text || '').startsWith('Length bias')); })()""")
 
 _STATE_JS = """() => {
   const root = document.querySelector('.dpo-audit-explorer');
@@ -73,17 +58,8 @@ _POINTS_JS = """() => {
 
 
 def _run_all(page, lab, timeout: float = 150):
-    "Run every cell (re-issued if dropped), then wait for the explorer with its tokens and scatter"
-    t0, issued, last, p = time.time(), 0, None, None
-    while time.time() - t0 < timeout:
-        if issued == 0 or (issued < 3 and time.time() - last > 20 and not any(p["counts"]) and p["status"] == "idle"):
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            issued, last = issued + 1, time.time()
-        time.sleep(1.0)
-        p = page.evaluate(_PROGRESS_JS)
-        if p["err"]: raise AssertionError("a fixture cell failed:\n" + "\n".join(p["err"])[-3000:])
-        if p["ready"] and all(c is not None for c in p["counts"]) and p["status"] == "idle": return p
-    raise TimeoutError(f"the audit explorer did not appear within {timeout} s (progress {p}); server log:\n{lab.logs()}")
+    "Run every cell, then wait for the explorer with its tokens and scatter"
+    return run_all(page, lab, _PROGRESS_JS, "the audit explorer", timeout)
 
 
 def _wait_for_pair(page, pid: int, timeout: float = 60):

@@ -104,7 +104,9 @@ _READY_JS = """() => {
   return w.context.isReady && s.isReady && !!k && k.connectionStatus === 'connected' && k.status === 'idle';
 }"""
 
-_PROGRESS_JS = r"""() => {
+def progress_js(ready: str) -> str:
+    "JS that reports the cells' execution counts, their errors, the kernel's status and whether `ready` (a JS expression) holds"
+    return r"""() => {
   const w = window.jupyterapp.shell.currentWidget;
   const counts = w.content.widgets.filter(c => c.model.type === 'code').map(c => c.model.executionCount);
   const err = [];
@@ -117,11 +119,27 @@ _PROGRESS_JS = r"""() => {
     }
   }
   const k = w.sessionContext.session && w.sessionContext.session.kernel;
-  const root = document.querySelector('.dpo-inspector');
-  const plot = root && root.querySelector('.js-plotly-plot');
-  return {counts, err, status: k ? k.status : 'none',
-          ready: !!(root && root.querySelector('.dpo-tokens .dpo-tok') && plot && plot.data && plot.data.length >= 4)};
+  return {counts, err, status: k ? k.status : 'none', ready: !!(""" + ready + """)};
 }"""
+
+
+def run_all(page, lab, progress: str, what: str, timeout: float = 150):
+    "Run every cell; re-issue the command if nothing started (a command sent too early is dropped); wait until `progress` says ready"
+    t0, issued, last, p = time.time(), 0, None, None
+    while time.time() - t0 < timeout:
+        if issued == 0 or (issued < 3 and time.time() - last > 20 and not any(p["counts"]) and p["status"] == "idle"):
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            issued, last = issued + 1, time.time()
+        time.sleep(1.0)
+        p = page.evaluate(progress)
+        if p["err"]: raise AssertionError("a fixture cell failed:\n" + "\n".join(p["err"])[-3000:])
+        if p["ready"] and all(c is not None for c in p["counts"]) and p["status"] == "idle": return p
+    raise TimeoutError(f"{what} did not appear within {timeout} s (progress {p}); server log:\n{lab.logs()}")
+
+
+_PROGRESS_JS = progress_js("""(() => { const root = document.querySelector('.dpo-inspector');
+  const plot = root && root.querySelector('.js-plotly-plot');
+  return root && root.querySelector('.dpo-tokens .dpo-tok') && plot && plot.data && plot.data.length >= 4; })()""")
 
 _STATE_JS = """() => {
   const root = document.querySelector('.dpo-inspector');
@@ -149,17 +167,8 @@ def _wait_ready(page, timeout: float = 120):
 
 
 def _run_all(page, lab, timeout: float = 150):
-    "Run every cell; re-issue the command if nothing started (a command sent too early is dropped); wait for the inspector"
-    t0, issued, last = time.time(), 0, None
-    while time.time() - t0 < timeout:
-        if issued == 0 or (issued < 3 and time.time() - last > 20 and not any(p["counts"]) and p["status"] == "idle"):
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            issued, last = issued + 1, time.time()
-        time.sleep(1.0)
-        p = page.evaluate(_PROGRESS_JS)
-        if p["err"]: raise AssertionError("a fixture cell failed:\n" + "\n".join(p["err"])[-3000:])
-        if p["ready"] and all(c is not None for c in p["counts"]) and p["status"] == "idle": return p
-    raise TimeoutError(f"the inspector did not appear within {timeout} s (progress {p}); server log:\n{lab.logs()}")
+    "Run every cell and wait for the inspector"
+    return run_all(page, lab, _PROGRESS_JS, "the inspector", timeout)
 
 
 def _wait_for_pair(page, pid: int, timeout: float = 60):
