@@ -6,7 +6,7 @@ Docs: https://dpo-nb.github.io/dpo_nb/history.html.md"""
 
 # %% ../nbs/04_history.ipynb #8753364d
 from __future__ import annotations
-import json, math, dataclasses
+import json, math, sys, dataclasses
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -46,6 +46,8 @@ TEXT_COLUMNS = ("pair_id", "split", "prompt", "chosen", "rejected")
 TABLES = ("steps", "evals", "pairs", "tokens", "kl", "texts")
 _INT_COLUMNS = {"step", "pair_id", "position", "token_id", "n"}
 _STR_COLUMNS = {"split", "side", "token", "method", "note", "prompt", "chosen", "rejected"}
+_CAT_COLUMNS = {"split"}  # categorical in `pairs` and `texts` (one byte a row; categories sorted: it sorts as the strings do)
+_LABELS = {"split", "side", "token"}  # short strings repeated row after row: kept as one shared object per distinct value
 
 # %% ../nbs/04_history.ipynb #5fb6f656
 def to_numpy(x) -> np.ndarray:
@@ -100,24 +102,67 @@ def _frame(rows: list[dict], columns) -> pd.DataFrame:
     if len(df) == 0: df = df.astype({c: "int64" if c == "step" else "float64" for c in columns})
     return df
 
-def _columns_frame(chunks: list[dict], columns) -> pd.DataFrame:
-    "Concatenate columnar chunks (dicts of equal-length arrays); a column a chunk lacks is NaN there"
-    names = list(columns) + [c for ch in chunks for c in ch if c not in columns]
-    names = list(dict.fromkeys(names))
-    if not chunks:
-        return pd.DataFrame({c: pd.Series(dtype="int64" if c in _INT_COLUMNS else "str" if c in _STR_COLUMNS else "float64")
-                             for c in names})
+def _interned(a) -> np.ndarray:
+    "`a` (array or Series) as an object array with one string object per distinct value: a label repeated row after row costs a pointer"
+    codes, uniq = pd.factorize(a)  # (missing: -1, None)
+    return np.array([sys.intern(x) if type(x) is str else x for x in list(uniq)] + [None], dtype=object)[codes]
+
+def _labels(parts: list) -> pd.Categorical:
+    "Object arrays and categoricals of string labels as one categorical, its categories sorted (missing: NaN)"
+    cats, codes = {}, []
+    for a in parts:
+        if isinstance(a, pd.Categorical): vals, c = list(a.categories), a.codes
+        else:
+            a = np.asarray(a, dtype=object)
+            v = a[0] if len(a) else None
+            if type(v) is str and (a == v).all():  # (one log_pairs call's rows: one split)
+                codes.append(np.full(len(a), cats.setdefault(v, len(cats)), dtype=np.int64)); continue
+            c, vals = pd.factorize(a)  # (None, NaN: -1)
+        m = np.array([cats.setdefault(str(v), len(cats)) for v in vals] + [-1], dtype=np.int64)
+        codes.append(m[c])
+    names = sorted(cats)
+    rank = np.array([names.index(k) for k in cats] + [-1], dtype=np.int64)
+    return pd.Categorical.from_codes(rank[np.concatenate(codes)] if codes else np.zeros(0, np.int8),
+                                     categories=pd.Index(names, dtype=object))
+
+def _is(col: pd.Series, value) -> np.ndarray:
+    "`col == value` as a numpy bool array (for a categorical, by its codes: no string per row is made)"
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.categories
+        return col.cat.codes.to_numpy() == (cats.get_loc(value) if value in cats else -2)
+    return col.to_numpy() == value
+
+def _concat_chunks(chunks: list[dict], columns=()) -> dict:
+    "Columnar chunks (dicts of equal-length arrays) as one; a column a chunk lacks is NaN (text: None) there"
+    names = list(dict.fromkeys(list(columns) + [c for ch in chunks for c in ch]))
     sizes = [len(next(iter(ch.values()))) for ch in chunks]
     out = {}
     for c in names:
         parts = [ch[c] if c in ch else np.full(n, None if c in _STR_COLUMNS else np.nan, dtype=object if c in _STR_COLUMNS else float)
                  for ch, n in zip(chunks, sizes)]
-        out[c] = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return pd.DataFrame(out)
+        out[c] = _labels(parts) if c in _CAT_COLUMNS else np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return out
+
+def _empty_column(c) -> pd.Series:
+    if c in _CAT_COLUMNS: return pd.Series(pd.Categorical([], categories=pd.Index([], dtype=object)))
+    return pd.Series(dtype="int64" if c in _INT_COLUMNS else object if c in _STR_COLUMNS else "float64")
+
+def _columns_frame(chunks: list[dict], columns) -> pd.DataFrame:
+    "Concatenate columnar chunks into a table; a column a chunk lacks is NaN there. Strings stay python objects (no copy)"
+    if not chunks: return pd.DataFrame({c: _empty_column(c) for c in dict.fromkeys(columns)})
+    cols = _concat_chunks(chunks, columns)  # (object columns: held as they are, not turned into pandas' str dtype)
+    return pd.DataFrame({c: pd.Series(a, dtype=object, copy=False) if isinstance(a, np.ndarray) and a.dtype == object else a
+                         for c, a in cols.items()})
 
 def _chunk_of(df: pd.DataFrame) -> dict:
-    "A loaded table as one columnar chunk"
-    return {c: df[c].to_numpy() for c in df.columns}
+    "A table as one columnar chunk, sharing its memory (a loaded table's labels: one string object per distinct value)"
+    out = {}
+    for c in df.columns:
+        s = df[c]
+        if isinstance(s.dtype, pd.CategoricalDtype): out[c] = s.array
+        elif c in _LABELS and s.dtype != object: out[c] = _interned(s)  # (read from Parquet: else a new str per row)
+        else: out[c] = s.to_numpy()
+    return out
 
 # %% ../nbs/04_history.ipynb #018ef916
 class History:
@@ -128,6 +173,7 @@ class History:
         self.meta = {**(meta or {}), **kwargs}
         self._steps, self._evals, self._kl = [], [], []   # lists of row dicts
         self._pairs, self._tokens, self._texts = [], [], []  # lists of columnar chunks
+        self._small = 0  # pair chunks logged since the last merge
         self._cache = {}
 
     def _touch(self, table):
@@ -209,24 +255,34 @@ def log_pairs(self: History,
         else: raise ValueError(f"log_pairs(step={step}, split={split!r}): field {k!r} has shape {a.shape}, expected ({n},) like pair_ids")
         cols[k] = a
     self._pairs.append(_derive(cols, self.beta))
+    self._small = getattr(self, "_small", 0) + 1
+    if self._small >= _MERGE_EVERY:  # the last calls' chunks as one: a chunk of 64 rows carries ~40 bytes a row of overhead
+        self._pairs[-self._small:] = [_concat_chunks(self._pairs[-self._small:])]
+        self._small = 0
     self._touch("pairs")
+
+_MERGE_EVERY = 256  # small pair chunks (one per log_pairs call) merged into one this often
 
 @patch(as_prop=True)
 def pairs(self: History) -> pd.DataFrame:
     "One row per pair per scoring"
     def build():
         df = _columns_frame(self._pairs, PAIR_COLUMNS)
-        if len(self._pairs) > 1: self._pairs = [_chunk_of(df)]  # consolidate: the next build concatenates less
+        if self._pairs: self._pairs, self._small = [_chunk_of(df)], 0  # views of the table: the next build concatenates less, nothing held twice
         return df
     return self._cached(("pairs",), build)
 
 # %% ../nbs/04_history.ipynb #d5dab39e
+def _small_ints(a: np.ndarray) -> np.ndarray:
+    "An index array as int32 when its values fit (half the memory of a cached index)"
+    return a.astype(np.int32) if len(a) and -2**31 <= a.min() and a.max() < 2**31 else a
+
 def _pair_index(self: History):
     "(row order sorted by pair_id then step, the sorted pair_ids): built once per write"
     def build():
         p = self.pairs
-        order = np.lexsort((p["step"].to_numpy(), p["pair_id"].to_numpy()))
-        return order, p["pair_id"].to_numpy()[order]
+        order = _small_ints(np.lexsort((p["step"].to_numpy(), p["pair_id"].to_numpy())))
+        return order, _small_ints(p["pair_id"].to_numpy()[order])
     return self._cached(("pairs", "index"), build)
 
 @patch
@@ -238,24 +294,39 @@ def pair_trajectory(self: History,
     order, ids = _pair_index(self)
     lo, hi = np.searchsorted(ids, pair_id, "left"), np.searchsorted(ids, pair_id, "right")
     rows = self.pairs.iloc[order[lo:hi]]
-    if split is not None: rows = rows[rows["split"].to_numpy() == split]
+    if split is not None: rows = rows[_is(rows["split"], split)]
     return rows.reset_index(drop=True)
 
 # %% ../nbs/04_history.ipynb #f6e87b29
-def _window(self: History, split, since, until) -> pd.DataFrame:
-    "The scorings of `split` (None: all) with since <= step <= until"
+def _window(self: History, split, since, until) -> np.ndarray | None:
+    "Row positions of the scorings of `split` (None: all) with since <= step <= until (None: every row)"
     p = self.pairs
     keep = np.ones(len(p), dtype=bool)
-    if split is not None: keep &= p["split"].to_numpy() == split
+    if split is not None: keep &= _is(p["split"], split)
     if since is not None: keep &= p["step"].to_numpy() >= since
     if until is not None: keep &= p["step"].to_numpy() <= until
-    return p if keep.all() else p[keep]
+    return None if keep.all() else np.flatnonzero(keep)
+
+def _end_rows(self: History, split, since, until):
+    "Row positions of each (split, pair)'s first and latest scoring in the window, and its number of scorings; by (split, pair_id)"
+    def build():
+        p, rows = self.pairs, _window(self, split, since, until)
+        s, i, t = p["split"].cat.codes.to_numpy(), p["pair_id"].to_numpy(), p["step"].to_numpy()
+        if rows is not None: s, i, t = s[rows], i[rows], t[rows]
+        o = np.lexsort((t, i, s))  # stable: scorings at the same step stay in the order logged
+        new = np.ones(len(o), dtype=bool)
+        new[1:] = (s[o][1:] != s[o][:-1]) | (i[o][1:] != i[o][:-1])
+        starts = np.flatnonzero(new)
+        stops = np.append(starts[1:], len(o)) if len(o) else starts
+        pos = o if rows is None else rows[o]
+        return _small_ints(pos[starts]), _small_ints(pos[stops - 1]), stops - starts
+    return self._cached(("pairs", "end_rows", split, since, until), build)
 
 def _ends(self: History, split, keep, since=None, until=None):
-    "Each (split, pair)'s first or last scoring in the window (ties: the later logged)"
+    "Each (split, pair)'s first or last scoring in the window (ties: the earlier logged is first, the later latest)"
     def build():
-        p = _window(self, split, since, until).sort_values(["split", "pair_id", "step"], kind="stable")
-        return p.drop_duplicates(["split", "pair_id"], keep=keep).reset_index(drop=True)
+        first, last, _ = _end_rows(self, split, since, until)
+        return self.pairs.take(first if keep == "first" else last).reset_index(drop=True)
     return self._cached(("pairs", "ends", split, keep, since, until), build)
 
 @patch
@@ -287,11 +358,12 @@ def margin_change(self: History,
                  ) -> pd.DataFrame:
     "Per pair: first and latest scoring side by side, the changes, and the displacement flag"
     def build():
-        a, b = self.first(split, since, until), self.latest(split, since, until)
-        n = _window(self, split, since, until).groupby(["split", "pair_id"], sort=True).size().to_numpy()
-        out = {"split": a["split"].to_numpy(), "pair_id": a["pair_id"].to_numpy(), "n_scored": n}
+        a, b, n = _end_rows(self, split, since, until)  # (row positions: no first and latest tables made and kept)
+        p = self.pairs
+        out = {"split": p["split"].to_numpy()[a], "pair_id": p["pair_id"].to_numpy()[a], "n_scored": n}
         for c in _CHANGE_COLUMNS:
-            out[f"{c}_first"], out[f"{c}_latest"] = a[c].to_numpy(), b[c].to_numpy()
+            v = p[c].to_numpy()
+            out[f"{c}_first"], out[f"{c}_latest"] = v[a], v[b]
         df = pd.DataFrame(out)
         for c in ("chosen_logps", "rejected_logps", "margin"):
             df[f"delta_{c}"] = df[f"{c}_latest"] - df[f"{c}_first"]
@@ -332,6 +404,7 @@ def log_tokens(self: History,
         if c in ("step", "pair_id", "position"): a = a.astype(np.int64)
         elif c == "token_id": a = a.astype(np.int64) if not pd.isna(a).any() else a.astype(float)
         elif c in ("logp", "ref_logp"): a = a.astype(np.float64)
+        elif c in _LABELS: a = _interned(a)  # (a probe's tokens, scored again every k steps: one string object each)
         elif c in _STR_COLUMNS: a = a.astype(object)
         cols[c] = a
     self._tokens.append(cols)
@@ -360,24 +433,34 @@ def log_pair_tokens(self: History,
 @patch(as_prop=True)
 def tokens(self: History) -> pd.DataFrame:
     "One row per probe token per scoring"
-    return self._cached(("tokens",), lambda: _columns_frame(self._tokens, TOKEN_COLUMNS))
+    def build():
+        df = _columns_frame(self._tokens, TOKEN_COLUMNS)
+        if self._tokens: self._tokens = [_chunk_of(df)]  # views of the table (as `pairs`)
+        return df
+    return self._cached(("tokens",), build)
 
 @patch
 def probe_ids(self: History) -> list:
     "The pair_ids that have token records"
-    return sorted(int(i) for i in pd.unique(self.tokens["pair_id"]))
+    return list(self._cached(("tokens", "probe_ids"), lambda: sorted(int(i) for i in pd.unique(self.tokens["pair_id"]))))
 
 @patch
 def token_frame(self: History,
                 pair_id: int,           # a probe pair
                 step: int | None = None # the scoring step (None: the pair's latest)
                ) -> pd.DataFrame:
-    "One probe pair's tokens at one step, with `log_ratio` = logp - ref_logp"
+    "One probe pair's tokens at one step, with `log_ratio` = logp - ref_logp (a prompt recorded once: its latest recording up to `step`)"
     t = self.tokens
-    t = t[t["pair_id"].to_numpy() == pair_id]
-    if len(t) == 0: return t.assign(log_ratio=pd.Series(dtype="float64"))
-    if step is None: step = int(t["step"].max())
-    t = t[t["step"].to_numpy() == step]
+    mine, steps = t["pair_id"].to_numpy() == pair_id, t["step"].to_numpy()
+    if not mine.any(): return t.iloc[:0].assign(log_ratio=pd.Series(dtype="float64"))
+    if step is None: step = int(steps[mine].max())
+    rows = np.flatnonzero(mine & (steps == step))  # (one selection: a probe pair's tokens at every step are many rows)
+    sides = t["side"].to_numpy()
+    if len(rows) and not (sides[rows] == "prompt").any():  # the prompt's tokens do not change: a run may record them only once
+        m = np.flatnonzero(mine)
+        m = m[(sides[m] == "prompt") & (steps[m] <= step)]
+        if len(m): rows = np.concatenate([m[steps[m] == steps[m].max()], rows])
+    t = t.iloc[rows]
     order = {s: i for i, s in enumerate(_SIDES)}
     t = t.assign(_o=t["side"].map(order)).sort_values(["_o", "position"], kind="stable").drop(columns="_o")
     return t.assign(log_ratio=t["logp"] - t["ref_logp"]).reset_index(drop=True)
@@ -406,7 +489,7 @@ def log_kl(self: History,
 def kl(self: History) -> pd.DataFrame:
     "One row per KL estimate"
     def build():
-        if not self._kl: return _columns_frame([], KL_COLUMNS)
+        if not self._kl: return _columns_frame([], KL_COLUMNS).astype({"method": "str", "note": "str"})
         rows = [{**r, "values": None if r.get("values") is None else list(r["values"])} for r in self._kl]  # (loaded: arrays)
         return pd.DataFrame(rows, columns=list(KL_COLUMNS)).astype({"step": "int64", "n": "int64", "value": "float64", "se": "float64"})
     return self._cached(("kl",), build)
@@ -423,7 +506,7 @@ def add_texts(self: History,
     if not len(df): return  # no pairs: nothing to keep (an empty list has no columns to check)
     if "split" not in df.columns and split is None: raise ValueError("add_texts: the data has no field 'split'; pass split=...")
     cols = {"pair_id": df["pair_id"].to_numpy().astype(np.int64) if "pair_id" in df.columns else None,
-            "split": df["split"].astype(str).to_numpy(dtype=object) if "split" in df.columns else np.full(len(df), split, dtype=object)}
+            "split": _interned(df["split"].astype(str)) if "split" in df.columns else np.full(len(df), split, dtype=object)}
     if cols["pair_id"] is None: raise ValueError("add_texts: the data has no field 'pair_id'")
     for c in ("prompt", "chosen", "rejected"):
         src = f"{c}_text" if f"{c}_text" in df.columns else c
@@ -436,16 +519,32 @@ def add_texts(self: History,
 def texts(self: History) -> pd.DataFrame:
     "One row per (split, pair_id): the latest texts given"
     def build():
-        df = _columns_frame(self._texts, TEXT_COLUMNS)
+        df = _columns_frame(self._texts, TEXT_COLUMNS)  # (the texts stay the python strings given: the table holds pointers)
+        if self._texts: self._texts = [_chunk_of(df)]
         return df.drop_duplicates(["split", "pair_id"], keep="last").reset_index(drop=True)
     return self._cached(("texts",), build)
+
+def _text_index(self: History):
+    "(row order of `texts` sorted by split then pair_id, the sorted split codes, the sorted pair_ids, {split: code})"
+    def build():
+        t = self.texts
+        codes, names = pd.factorize(t["split"].to_numpy())
+        ids = t["pair_id"].to_numpy()
+        order = _small_ints(np.lexsort((ids, codes)))
+        return order, _small_ints(codes[order]), _small_ints(ids[order]), {s: k for k, s in enumerate(names)}
+    return self._cached(("texts", "index"), build)
 
 @patch
 def text(self: History, pair_id: int, split: str | None = None) -> dict:
     "The prompt, chosen and rejected text of a pair ({} when unknown)"
+    order, codes, ids, code_of = _text_index(self)
+    rows = []  # (by binary search: the inspector asks for one pair at a time, of 100,000)
+    for k in ([code_of.get(split, -1)] if split is not None else code_of.values()):
+        lo, hi = np.searchsorted(codes, k, "left"), np.searchsorted(codes, k, "right")
+        j = lo + np.searchsorted(ids[lo:hi], pair_id, "left")
+        if j < hi and ids[j] == pair_id: rows.append(int(order[j]))
     t = self.texts
-    t = t[(t["pair_id"].to_numpy() == pair_id) & ((t["split"].to_numpy() == split) if split is not None else True)]
-    return {} if len(t) == 0 else t.iloc[-1][["prompt", "chosen", "rejected"]].to_dict()
+    return {} if not rows else {c: t[c].iat[max(rows)] for c in ("prompt", "chosen", "rejected")}
 
 # %% ../nbs/04_history.ipynb #011c01af
 def _num(x):
