@@ -509,7 +509,7 @@ def _loss_groups(p: pd.DataFrame, loss_type) -> list:
     if not any(t in BATCH_LEVEL for t in ([loss_type] if isinstance(loss_type, str) else loss_type)): return [np.arange(len(p))]
     keys = [c for c in ("split", "step", "loss_batch") if c in p.columns]  # (a run saved before loss_batch: a step's pairs are one batch)
     if not keys or not len(p): return [np.arange(len(p))]
-    return list(p.reset_index(drop=True).groupby(keys, dropna=False, sort=False).indices.values())
+    return list(p.reset_index(drop=True).groupby(keys, dropna=False, sort=False, observed=True).indices.values())
 
 def replay_losses(pairs: pd.DataFrame,        # rows with pair_id and the four log-probs (e.g. a History's `latest(split)`)
                   beta: float,                # β to score them under

@@ -1101,6 +1101,9 @@ def probe(self: DPOTrainer):
     ref_toks = self._probe_ref_tokens(data)
     if ref_toks is None: return
     _, pol_toks = self._score_rows(self.model, data, self.probe_ids, tokens=True)
+    if getattr(self, "_prompts_logged", None) is None:  # a probe's prompt is recorded once (04_history's token_frame shows it later)
+        t = self.history.tokens
+        self._prompts_logged = set(t.loc[(t["side"] == "prompt").to_numpy(), "pair_id"].tolist())
     recs = []
     for (batch, pol), (_, ref) in zip(pol_toks, ref_toks):
         for side in ("chosen", "rejected"):
@@ -1110,13 +1113,14 @@ def probe(self: DPOTrainer):
                 pid = int(batch["pair_id"][b])
                 for t in range(int(att[b].sum())):
                     is_resp = bool(resp[b, t])
-                    if not is_resp and side == "rejected": continue  # the prompt is recorded once, with the chosen side
+                    if not is_resp and (side == "rejected" or pid in self._prompts_logged): continue  # (once, with the chosen side)
                     tid = int(ids[b, t])
                     recs.append(dict(step=self.step, pair_id=pid, side=side if is_resp else "prompt", position=t, token_id=tid,
                                      token=self.tokenizer.decode([tid]),
                                      logp=float(pol[f"{side}_token_logps"][b, t]) if is_resp else float("nan"),
                                      ref_logp=float(ref[f"{side}_token_logps"][b, t]) if is_resp else float("nan")))
     self.history.log_tokens(recs)
+    self._prompts_logged.update(r["pair_id"] for r in recs if r["side"] == "prompt")
 
 # %% ../nbs/03_train.ipynb #688065eb
 def _se(x) -> float:
