@@ -102,6 +102,7 @@ def _frame(rows: list[dict], columns) -> pd.DataFrame:
     if len(df) == 0: df = df.astype({c: "int64" if c == "step" else "float64" for c in columns})
     return df
 
+# %% ../nbs/04_history.ipynb #c018ccb3
 def _interned(a) -> np.ndarray:
     "`a` (array or Series) as an object array with one string object per distinct value: a label repeated row after row costs a pointer"
     codes, uniq = pd.factorize(a)  # (missing: -1, None)
@@ -347,6 +348,7 @@ def latest(self: History,
     "Each pair's latest scoring"
     return _ends(self, split, "last", since, until)
 
+# %% ../nbs/04_history.ipynb #def228d2
 _CHANGE_COLUMNS = ("step", "chosen_logps", "rejected_logps", "chosen_reward", "rejected_reward", "margin", "grad_weight")
 
 @patch
